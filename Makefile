@@ -1,0 +1,35 @@
+# pds_nerfstudio: `make install` (idempotent), `make test`, `make demo`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean system-deps
+
+install: $(STAMP)
+
+# Re-installs only when the package metadata changes; seconds when already done.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, from its own line, so pip resolves the rest against this build.
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@ldconfig -p | grep -q libusb-1.0.so.0 || $(MAKE) --no-print-directory system-deps
+	touch $(STAMP)
+
+# open3d, which `ns-export` imports, links libusb-1.0; minimal Linux images lack it.
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq libusb-1.0-0 >/dev/null; \
+	else \
+		echo "note: ns-export needs libusb-1.0: install your system's libusb-1.0-0 package"; \
+	fi
+
+test: install
+	$(BIN)/python -m pytest -q -p no:dash
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+clean:
+	rm -rf $(VENV) outputs demo_outputs

@@ -1,0 +1,59 @@
+"""Timestep sampling on the non-consecutive subset tau_i = i * (T // S) (SPEC step 3)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+
+def subset_index_range(
+    num_subset_steps: int, ratio_range: tuple[float, float]
+) -> tuple[int, int]:
+    """Half-open range [low, high) of subset indices i for a ratio range of S.
+
+    low is floor(min * S), raised to 1 so that tau_{i-1} exists; high is floor(max * S).
+    """
+    low_ratio, high_ratio = ratio_range
+    if not 0.0 <= low_ratio < high_ratio <= 1.0:
+        raise ValueError(
+            f"ratio_range must satisfy 0 <= min < max <= 1, got {ratio_range}"
+        )
+    low = max(math.floor(low_ratio * num_subset_steps), 1)
+    high = math.floor(high_ratio * num_subset_steps)
+    if high <= low:
+        raise ValueError(
+            f"ratio_range {ratio_range} of {num_subset_steps} subset steps contains no index "
+            f"i >= 1 (need one so that t_prev = tau_(i-1) >= 0); widen the range"
+        )
+    return low, high
+
+
+def sample_timesteps(
+    num_train_timesteps: int = 1000,
+    num_subset_steps: int = 500,
+    ratio_range: tuple[float, float] = (0.02, 0.98),
+    batch_size: int = 1,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Int[Tensor, "batch"], Int[Tensor, "batch"]]:
+    """Draw (t, t_prev) = (tau_i, tau_{i-1}) with tau_i = i * (T // S).
+
+    i is uniform on the integers of [floor(min * S), floor(max * S)), i.e. [10, 490) by
+    default (supplement S.3), and never below 1. One independent i per batch item.
+    """
+    if not 1 <= num_subset_steps <= num_train_timesteps:
+        raise ValueError(
+            f"num_subset_steps must be in [1, num_train_timesteps={num_train_timesteps}], "
+            f"got {num_subset_steps}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    low, high = subset_index_range(num_subset_steps, ratio_range)
+    stride = num_train_timesteps // num_subset_steps
+    sample_device = generator.device if generator is not None else device
+    i = torch.randint(low, high, (batch_size,), generator=generator, device=sample_device)
+    i = i.to(device) if device is not None else i
+    return i * stride, (i - 1) * stride

@@ -1,0 +1,79 @@
+"""Methods that this plugin registers with nerfstudio (entry-point group ``nerfstudio.method_configs``).
+
+nerfstudio imports this module from ``nerfstudio.configs.method_configs`` on every command
+(``ns-train``, ``ns-render``, ``ns-viewer``, ``ns-eval``, ``ns-export``), so it installs our
+environment fixes first and stays light: no diffusers import here.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pds_nerfstudio import compat
+
+compat.install()
+
+from nerfstudio.cameras.camera_optimizers import CameraOptimizerConfig  # noqa: E402
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig  # noqa: E402
+from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig  # noqa: E402
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig  # noqa: E402
+from nerfstudio.engine.optimizers import AdamOptimizerConfig  # noqa: E402
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig  # noqa: E402
+from nerfstudio.engine.trainer import TrainerConfig  # noqa: E402
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig  # noqa: E402
+from nerfstudio.plugins.types import MethodSpecification  # noqa: E402
+
+from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig  # noqa: E402
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+def default_machine() -> MachineConfig:
+    """The GPU when there is one, else the CPU (stock methods assume CUDA and fail without it)."""
+    return MachineConfig(device_type="cuda" if HAS_CUDA else "cpu")
+
+
+def nerfacto_optimizers() -> dict:
+    """Nerfacto's optimizers and schedules as in nerfstudio 1.1.5's ``method_configs["nerfacto"]``."""
+    return {
+        "proposal_networks": {
+            "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.0001, max_steps=200000),
+        },
+        "fields": {
+            "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=0.0001, max_steps=200000),
+        },
+        "camera_opt": {
+            "optimizer": AdamOptimizerConfig(lr=1e-3, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=5000),
+        },
+    }
+
+
+pds_nerfacto_method = MethodSpecification(
+    config=TrainerConfig(
+        method_name="pds-nerfacto",
+        steps_per_eval_batch=500,
+        steps_per_save=2000,
+        max_num_iterations=30000,
+        mixed_precision=HAS_CUDA,
+        machine=default_machine(),
+        pipeline=VanillaPipelineConfig(
+            datamanager=VanillaDataManagerConfig(
+                dataparser=NerfstudioDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                eval_num_rays_per_batch=4096,
+            ),
+            model=OfflineNerfactoModelConfig(
+                eval_num_rays_per_chunk=1 << 15,
+                average_init_density=0.01,
+                camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
+            ),
+        ),
+        optimizers=nerfacto_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    ),
+    description="Nerfacto reconstruction for PDS editing: stock nerfacto that starts offline and on CPU.",
+)

@@ -1,0 +1,64 @@
+"""Shared fixtures: isolated environments for nerfstudio's commands, tiny scenes, the face scene."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FACE_SCENE = REPO.parent / "shared" / "data" / "in2n_face"
+
+
+def console_script(name: str) -> str:
+    """Path of a console script installed beside this interpreter (ns-train, ns-render, ...)."""
+    return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="session")
+def user_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A new user's environment: empty home and caches, no ffmpeg on PATH, no network to the hub."""
+    home = tmp_path_factory.mktemp("home")
+    path_dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and not (Path(d) / "ffmpeg").exists()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TORCH_FORCE", "PYTORCH_", "NERFSTUDIO_"))}
+    env.update(
+        HOME=str(home),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        TORCH_HOME=str(home / ".cache" / "torch"),
+        HF_HOME=str(home / ".cache" / "huggingface"),
+        HF_HUB_OFFLINE="1",
+        PATH=os.pathsep.join([str(Path(sys.executable).parent), *path_dirs]),
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs a console script; fails the test with its output when it exits non-zero."""
+    result = subprocess.run(
+        [console_script(args[0]), *args[1:]], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A procedural 32x32 scene of 12 views (11 train, 1 eval), read-only like a user's scene."""
+    from pds_nerfstudio.fixtures.procedural_scene import make_scene
+
+    scene = tmp_path_factory.mktemp("scenes") / "red_sphere"
+    make_scene(scene, size=32, num_views=12, objects=("red sphere", "blue cube"), seed=0)
+    return scene
+
+
+@pytest.fixture(scope="session")
+def face_scene() -> Path:
+    """The captured face scene from ../shared/data; skipped where it is absent."""
+    if not (FACE_SCENE / "transforms.json").exists():
+        pytest.skip(f"{FACE_SCENE} is absent")
+    return FACE_SCENE

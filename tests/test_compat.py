@@ -1,0 +1,42 @@
+"""The torch >= 2.6 and offline fixes of pds_nerfstudio.compat, in-process."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pds_nerfstudio import compat
+
+
+def test_weights_only_load_accepts_numpy_scalars_of_nerfstudio_schedulers(tmp_path: Path) -> None:
+    # nerfstudio 1.1.5's LambdaLR state holds numpy float64 values in `_last_lr`.
+    path = tmp_path / "step-000000001.ckpt"
+    state = {"step": 1, "schedulers": {"fields": {"_last_lr": [np.float64(0.01)], "x": np.float32(2.0)}}}
+    torch.save(state, path)
+    compat.allow_nerfstudio_checkpoints()
+    loaded = torch.load(path, map_location="cpu")  # weights_only=True is torch's default here
+    assert loaded["schedulers"]["fields"]["_last_lr"] == [0.01]
+
+
+def test_weights_only_still_refuses_arbitrary_objects(tmp_path: Path) -> None:
+    path = tmp_path / "evil.ckpt"
+    torch.save({"obj": Path("/etc")}, path)
+    compat.allow_nerfstudio_checkpoints()
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(path, map_location="cpu")
+
+
+def test_ffmpeg_shim_puts_imageio_ffmpeg_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty_bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    found = compat.ensure_ffmpeg_on_path()
+    assert found == str(tmp_path / "cache" / "pds_nerfstudio" / "bin" / "ffmpeg")
+    version = subprocess.run([found, "-version"], capture_output=True, text=True, check=True).stdout
+    assert version.startswith("ffmpeg version")
+    assert compat.ensure_ffmpeg_on_path() == found  # idempotent: now found on PATH

@@ -1,0 +1,126 @@
+"""nerfstudio's own commands on checkpoints written with torch 2.14, as a new offline user runs them.
+
+One tiny `ns-train pds-nerfacto` run is shared by the module; every other command loads its
+checkpoint. No environment variable is set by hand beyond what a fresh machine has (see
+conftest.user_env: empty caches, no ffmpeg on PATH, hub offline).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from conftest import console_script, run_cli
+
+TINY_NERFACTO = [
+    "--pipeline.datamanager.train-num-rays-per-batch", "256",
+    "--pipeline.datamanager.eval-num-rays-per-batch", "256",
+    "--pipeline.model.eval-num-rays-per-chunk", "1024",
+    "--pipeline.model.num-nerf-samples-per-ray", "16",
+    "--pipeline.model.num-proposal-samples-per-ray", "16", "8",
+    "--pipeline.model.hidden-dim", "16",
+    "--pipeline.model.hidden-dim-color", "16",
+    "--pipeline.model.num-levels", "4",
+    "--pipeline.model.log2-hashmap-size", "12",
+    "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000", "--steps-per-eval-all-images", "100000",
+    "--vis", "tensorboard",
+]  # fmt: skip
+
+
+def train(method: str, scene: Path, out: Path, steps: int, env: dict[str, str], *extra: str) -> Path:
+    """Runs ns-train and returns the run's config.yml."""
+    run_cli(
+        ["ns-train", method, "--data", str(scene), "--output-dir", str(out), "--timestamp", "run",
+         "--max-num-iterations", str(steps), "--steps-per-save", "3", *TINY_NERFACTO, *extra],
+        env, cwd=out,
+    )  # fmt: skip
+    config = out / scene.name / method / "run" / "config.yml"
+    assert config.exists(), f"no config at {config}"
+    return config
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_scene: Path, user_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ns_run")
+    return train("pds-nerfacto", tiny_scene, out, 4, user_env)
+
+
+def test_ns_train_help_lists_our_method_beside_stock_nerfacto(user_env: dict[str, str], tmp_path: Path) -> None:
+    text = run_cli(["ns-train", "--help"], user_env, cwd=tmp_path).stdout
+    assert "pds-nerfacto" in text
+    assert "nerfacto" in text.replace("pds-nerfacto", "")
+
+
+def test_installing_the_plugin_leaves_stock_nerfacto_unchanged() -> None:
+    from nerfstudio.configs.method_configs import all_methods
+    from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
+
+    stock = all_methods["nerfacto"]
+    assert stock.method_name == "nerfacto"
+    assert type(stock.pipeline.model) is NerfactoModelConfig
+    assert stock.pipeline.model._target is NerfactoModel
+    assert all_methods["pds-nerfacto"].method_name == "pds-nerfacto"
+
+
+def test_checkpoint_renders_frames_and_video(trained: Path, user_env: dict[str, str], tmp_path: Path) -> None:
+    run_cli(["ns-render", "dataset", "--load-config", str(trained), "--output-path", str(tmp_path / "frames"),
+             "--split", "train", "--rendered-output-names", "rgb"], user_env, cwd=tmp_path)  # fmt: skip
+    frames = sorted((tmp_path / "frames" / "train" / "rgb").glob("*.jpg"))
+    assert len(frames) == 11
+    # A video needs ffmpeg, which the user does not have: our plugin puts imageio-ffmpeg's on PATH.
+    run_cli(["ns-render", "interpolate", "--load-config", str(trained), "--output-path", str(tmp_path / "edit.mp4"),
+             "--pose-source", "train", "--interpolation-steps", "2", "--frame-rate", "4"], user_env, cwd=tmp_path)  # fmt: skip
+    assert (tmp_path / "edit.mp4").stat().st_size > 0
+
+
+def test_load_dir_resumes_training(trained: Path, tiny_scene: Path, user_env: dict[str, str], tmp_path: Path) -> None:
+    models = trained.parent / "nerfstudio_models"
+    config = train("pds-nerfacto", tiny_scene, tmp_path, 6, user_env, "--load-dir", str(models))
+    resumed = sorted((config.parent / "nerfstudio_models").glob("*.ckpt"))
+    assert resumed, "the resumed run saved no checkpoint"
+    # nerfstudio 1.1.5 continues at the loaded step + 1 and runs --max-num-iterations more steps.
+    loaded_step = torch.load(sorted(models.glob("*.ckpt"))[-1], map_location="cpu")["step"]
+    assert torch.load(resumed[-1], map_location="cpu")["step"] == loaded_step + 6
+
+
+def test_ns_eval_and_ns_export_load_the_checkpoint(trained: Path, user_env: dict[str, str], tmp_path: Path) -> None:
+    run_cli(["ns-eval", "--load-config", str(trained), "--output-path", str(tmp_path / "eval.json")], user_env, tmp_path)
+    assert "psnr" in (tmp_path / "eval.json").read_text()
+    run_cli(["ns-export", "pointcloud", "--load-config", str(trained), "--output-dir", str(tmp_path / "export"),
+             "--num-points", "100", "--remove-outliers", "False", "--normal-method", "open3d"], user_env, tmp_path)  # fmt: skip
+    assert (tmp_path / "export" / "point_cloud.ply").exists()
+
+
+def test_ns_viewer_loads_the_checkpoint(trained: Path, user_env: dict[str, str], tmp_path: Path) -> None:
+    viewer = subprocess.Popen(
+        [console_script("ns-viewer"), "--load-config", str(trained), "--viewer.websocket-port", "7931"],
+        env=user_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        assert viewer.stdout is not None
+        for line in viewer.stdout:
+            seen.append(line)
+            if "Done loading checkpoint" in line or "Traceback" in line:
+                break
+    finally:
+        viewer.kill()
+        viewer.wait(timeout=30)
+    assert any("Done loading checkpoint" in line for line in seen), "".join(seen)[-4000:]
+
+
+def test_stock_nerfacto_checkpoint_renders_once_plugin_is_installed(
+    tiny_scene: Path, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    # Stock nerfacto downloads AlexNet for LPIPS at start-up; give it a local (random) copy, as a
+    # user with a populated torch cache has. Its checkpoint is then loaded by our environment.
+    env = {**user_env, "TORCH_HOME": str(tmp_path / "torch")}
+    (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / "torch/hub/checkpoints/alexnet-owt-7be5be79.pth")
+    config = train("nerfacto", tiny_scene, tmp_path, 4, env, "--machine.device-type", "cpu", "--mixed-precision", "False")
+    run_cli(["ns-render", "dataset", "--load-config", str(config), "--output-path", str(tmp_path / "frames"),
+             "--split", "test", "--rendered-output-names", "rgb"], env, cwd=tmp_path)  # fmt: skip
+    assert list((tmp_path / "frames").rglob("*.jpg"))
