@@ -23,7 +23,10 @@ from nerfstudio.engine.trainer import TrainerConfig  # noqa: E402
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig  # noqa: E402
 from nerfstudio.plugins.types import MethodSpecification  # noqa: E402
 
+from pds_nerfstudio.datamanager import PDSDataManagerConfig  # noqa: E402
 from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig  # noqa: E402
+from pds_nerfstudio.pipeline import PDSPipelineConfig  # noqa: E402
+from pds_nerfstudio.trainer import PDSTrainerConfig  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -76,4 +79,32 @@ pds_nerfacto_method = MethodSpecification(
         vis="viewer",
     ),
     description="Nerfacto reconstruction for PDS editing: stock nerfacto that starts offline and on CPU.",
+)
+
+
+pds_method = MethodSpecification(
+    config=PDSTrainerConfig(
+        method_name="pds",
+        steps_per_eval_batch=500,
+        steps_per_save=1000,
+        max_num_iterations=75000,
+        mixed_precision=HAS_CUDA,
+        machine=default_machine(),
+        pipeline=PDSPipelineConfig(
+            datamanager=PDSDataManagerConfig(
+                dataparser=NerfstudioDataParserConfig(),
+                train_num_rays_per_batch=4096,
+                eval_num_rays_per_batch=4096,
+            ),
+            model=OfflineNerfactoModelConfig(
+                eval_num_rays_per_chunk=1 << 15,
+                average_init_density=0.01,
+                camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
+            ),
+        ),
+        optimizers=nerfacto_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    ),
+    description="Text-driven scene editing with Posterior Distillation Sampling: reconstruction, PDS, refinement.",
 )

@@ -1,0 +1,359 @@
+"""The `pds` pipeline: reconstruction, PDS optimisation and SDEdit refinement of a Nerfacto scene.
+
+SPEC stage 1 (PDS) renders one training view whole, encodes it with the prior and
+back-propagates the guidance gradient into the scene; stage 2 trains on rays as nerfacto does,
+replacing one training image every few iterations by an SDEdit of its stage-1 render. Which
+stage runs is decided by :class:`StageSchedule` from the global step alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from PIL import Image
+from torch import Tensor
+from torch.cuda.amp.grad_scaler import GradScaler
+
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import writer
+from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
+
+from pds_nerfstudio.datamanager import PDSDataManager, PDSDataManagerConfig
+from pds_nerfstudio.guidance import guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
+from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
+from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
+from pds_nerfstudio.rendering import from_prior_output, prior_size, render_view, to_prior_input
+from pds_nerfstudio.stages import Stage, StageSchedule
+
+
+PDS_MARKER = "edit_stage_lengths"
+"""Pipeline buffer that only `pds` checkpoints hold: tells a resumed edit from a starting scene."""
+
+
+@dataclass
+class PDSPipelineConfig(VanillaPipelineConfig):
+    """Edit a Nerfacto scene from a source prompt to a target prompt with PDS."""
+
+    _target: Type = field(default_factory=lambda: PDSPipeline)
+    datamanager: PDSDataManagerConfig = field(default_factory=PDSDataManagerConfig)
+    """Training images, cached in memory so that stage 2 can replace them."""
+    model: OfflineNerfactoModelConfig = field(default_factory=OfflineNerfactoModelConfig)
+    """The scene: nerfacto, as `ns-train nerfacto` trains it."""
+    source_prompt: str = ""
+    """Text that describes the scene as it is (the source branch of PDS and DDS)."""
+    target_prompt: str = ""
+    """Text that describes the edited scene."""
+    prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
+    """The Stable Diffusion prior: checkpoint (hub id or folder), dtype and device."""
+    method: Literal["pds", "sds", "dds"] = "pds"
+    """Guidance of stage 1: PDS, or the SDS and DDS baselines."""
+    weighting: Literal["authors", "paper"] = "authors"
+    """PDS weighting: the authors' code (z_tgt - z_src) or the paper's Eq. 16; same direction."""
+    guidance_scale: float = 100.0
+    """Classifier-free guidance of stage 1 (the authors use 30 to 100 depending on the edit)."""
+    min_step_ratio: float = 0.02
+    """Lowest timestep of stage 1, as a fraction of the subset of diffusion steps."""
+    max_step_ratio: float = 0.98
+    """Highest timestep of stage 1, as a fraction of the subset of diffusion steps."""
+    num_subset_steps: int = 500
+    """Size S of the timestep subset tau_i = i * T / S; t' = tau_{i-1} (SPEC step 3)."""
+    reconstruction_iterations: int = 30000
+    """Stage 0: nerfacto iterations from scratch; skipped when a checkpoint is loaded (the run starts after it)."""
+    pds_iterations: int = 30000
+    """Stage 1: PDS iterations."""
+    refinement_iterations: int = 15000
+    """Stage 2: refinement iterations."""
+    change_view_every: int = 10
+    """Stage 1 keeps one training view for this many iterations, then draws another at random."""
+    render_scale: float = 1.0
+    """Stage 1 renders at this fraction of the training resolution (then resizes for the prior); < 1 saves memory."""
+    render_chunk_size: int = 1 << 14
+    """Rays per chunk when stage 1 renders a whole view."""
+    pds_loss_mult: float = 1.0
+    """Weight of the guidance loss against nerfacto's proposal losses in stage 1."""
+    sdedit_every: int = 10
+    """Stage 2 replaces one training image every this many iterations."""
+    sdedit_guidance_scale: float = 15.0
+    """Classifier-free guidance of stage 2's SDEdit."""
+    sdedit_num_inference_steps: int = 20
+    """DDIM steps N of the full denoising trajectory SDEdit starts from."""
+    sdedit_min_step_ratio: float = 0.0
+    """Smallest SDEdit noise level, as a fraction of N."""
+    sdedit_max_step_ratio: float = 0.2
+    """Largest SDEdit noise level, as a fraction of N (0.2 of 20: up to 4 DDIM steps)."""
+    log_every: int = 100
+    """Stage 1 writes a source | render | gradient image every this many iterations."""
+    seed: int = 42
+    """Seed of view choice, timesteps and noises: the same seed and step give the same draws."""
+
+    def stage_schedule(self) -> StageSchedule:
+        """The stage lengths as a schedule."""
+        return StageSchedule(self.reconstruction_iterations, self.pds_iterations, self.refinement_iterations)
+
+    def validate(self) -> None:
+        """Refuses bad options before anything heavy loads (prompts, scales, ranges, counts)."""
+        validate_prompts(self.source_prompt, self.target_prompt, needs_source=self.method != "sds")
+        validate_guidance_scale(self.guidance_scale, "--pipeline.guidance-scale")
+        validate_guidance_scale(self.sdedit_guidance_scale, "--pipeline.sdedit-guidance-scale")
+        self.stage_schedule()
+        _check_ratio_range(self.min_step_ratio, self.max_step_ratio, "--pipeline.min-step-ratio", allow_equal=False)
+        _check_ratio_range(
+            self.sdedit_min_step_ratio, self.sdedit_max_step_ratio, "--pipeline.sdedit-min-step-ratio", allow_equal=True
+        )
+        for name in ("change_view_every", "sdedit_every", "log_every", "render_chunk_size", "num_subset_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--pipeline.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 < self.render_scale <= 1.0:
+            raise ValueError(f"--pipeline.render-scale must be in (0, 1], got {self.render_scale}")
+
+
+def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bool) -> None:
+    if not (0.0 <= low <= high <= 1.0 and (allow_equal or low < high)):
+        max_option = min_option.replace("min-", "max-")
+        relation = "<=" if allow_equal else "<"
+        raise ValueError(f"{min_option} and {max_option} must satisfy 0 <= min {relation} max <= 1, got {low} and {high}")
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """A CPU generator that depends only on (seed, step, stream): resumed runs redraw the same values."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 7 + stream)
+
+
+class PDSPipeline(VanillaPipeline):
+    """Runs the stage that the global step falls in; see :mod:`pds_nerfstudio.stages`."""
+
+    config: PDSPipelineConfig
+    datamanager: PDSDataManager
+
+    def __init__(
+        self,
+        config: PDSPipelineConfig,
+        device: str,
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        grad_scaler: Optional[GradScaler] = None,
+    ) -> None:
+        if test_mode == "val":  # training: refuse bad options before the scene loads
+            config.validate()
+        super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        self.schedule = config.stage_schedule()
+        lengths = torch.tensor([self.schedule.reconstruction, self.schedule.pds, self.schedule.refinement])
+        self.register_buffer(PDS_MARKER, lengths)
+        self._prior = DiffusionPrior(config.prior)  # not a Module: its weights stay out of checkpoints
+        self._source_latents: Dict[Tuple[int, Tuple[int, int]], Tensor] = {}
+        self._render_cameras: Any = None
+        self.stage1_renders: Optional[Float[Tensor, "num_images height width 3"]] = None
+        self.run_dir: Optional[Path] = None
+        self.last_refined_view: Optional[int] = None
+        self._stage_shown: Optional[Stage] = None
+        self.viewer_stage = ViewerText("Edit stage", "", disabled=True, hint="The stage the edit is in")
+        self.viewer_source_prompt = ViewerText(
+            "Source prompt", config.source_prompt, cb_hook=self._on_prompt_change, hint="Describes the scene as is"
+        )
+        self.viewer_target_prompt = ViewerText(
+            "Target prompt", config.target_prompt, cb_hook=self._on_prompt_change, hint="Describes the edit"
+        )
+        self.viewer_guidance_scale = ViewerNumber(
+            "Guidance scale", config.guidance_scale, cb_hook=self._on_guidance_change, hint="Stage 1 guidance"
+        )
+
+    # ----------------------------------------------------------------- viewer
+
+    def _on_prompt_change(self, _: ViewerText) -> None:
+        source, target = self.viewer_source_prompt.value, self.viewer_target_prompt.value
+        try:
+            validate_prompts(source, target, needs_source=self.config.method != "sds")
+        except ValueError as error:
+            CONSOLE.print(f"[bold yellow]Prompt not changed: {error}")
+            return
+        self.config.source_prompt, self.config.target_prompt = source, target
+        CONSOLE.print(f"Prompts now: {source!r} -> {target!r}")
+
+    def _on_guidance_change(self, element: ViewerNumber) -> None:
+        if element.value > 0:
+            self.config.guidance_scale = float(element.value)
+        else:
+            CONSOLE.print("[bold yellow]Guidance scale not changed: it must be > 0")
+
+    def _show_stage(self, stage: Stage, step: int) -> None:
+        if stage is not self._stage_shown:
+            self._stage_shown = stage
+            number = list(Stage).index(stage)
+            CONSOLE.rule(f"Stage {number}: {stage.value} (from step {step})")
+        self.viewer_stage.value = f"{list(Stage).index(stage)}: {stage.value}, step {step}"
+
+    # ------------------------------------------------------------------ prior
+
+    def prior(self) -> DiffusionPrior:
+        """The diffusion prior, loaded on first use (rendering a saved run never loads it)."""
+        self._prior.load()
+        return self._prior
+
+    def _prior_size(self, height: int, width: int) -> Tuple[int, int]:
+        prior = self.prior()
+        return prior_size(height, width, prior.native_resolution, prior.vae_scale_factor)
+
+    def source_latent(self, view: int, size: Tuple[int, int]) -> Float[Tensor, "1 4 h w"]:
+        """Latent of the original training image `view` at the prior's `size`; cached, no gradient."""
+        key = (view, size)
+        if key not in self._source_latents:
+            image = self.datamanager.original_image(view)[..., :3].to(self.device)
+            with torch.no_grad():
+                self._source_latents[key] = self.prior().encode(to_prior_input(image, size))
+        return self._source_latents[key]
+
+    # --------------------------------------------------------------- training
+
+    def get_train_loss_dict(self, step: int):
+        stage = self.schedule.stage_at(step)
+        self._show_stage(stage, step)
+        if stage is Stage.PDS:
+            return self._pds_step(step)
+        if stage is Stage.REFINEMENT:
+            self._refine_images(step)
+        return super().get_train_loss_dict(step)
+
+    def view_for_step(self, step: int) -> int:
+        """Training view of stage-1 step `step`: one view per `change_view_every` steps, drawn at random."""
+        block = (step - self.schedule.start(Stage.PDS)) // self.config.change_view_every
+        return random.Random(self.config.seed * 1_000_003 + block).randrange(self.datamanager.num_train_images)
+
+    def render_cameras(self):
+        """Training cameras at `render_scale` of their resolution, on the scene's device."""
+        if self._render_cameras is None:
+            cameras = copy.deepcopy(self.datamanager.train_dataset.cameras)
+            if self.config.render_scale != 1.0:
+                cameras.rescale_output_resolution(self.config.render_scale)
+            self._render_cameras = cameras.to(self.device)
+        return self._render_cameras
+
+    def _pds_step(self, step: int):
+        """SPEC stage 1: render a whole view with gradient and back-propagate the guidance into it."""
+        config = self.config
+        view = self.view_for_step(step)
+        render = render_view(self.model, self.render_cameras(), view, config.render_chunk_size)
+        prior = self.prior()
+        size = self._prior_size(*render.rgb.shape[:2])
+        x0_tgt = prior.encode(to_prior_input(render.rgb, size))
+        needs_source = config.method != "sds"
+        result = guidance_gradient(
+            config.method,
+            x0_tgt.detach(),
+            prior.eps_fn(config.guidance_scale),
+            prior.alphas_cumprod,
+            prior.text_embeddings([config.target_prompt]),
+            self.source_latent(view, size) if needs_source else None,
+            prior.text_embeddings([config.source_prompt]) if needs_source else None,
+            weighting=config.weighting,
+            generator=step_generator(config.seed, step, 0),
+            num_subset_steps=config.num_subset_steps,
+            ratio_range=(config.min_step_ratio, config.max_step_ratio),
+        )
+        model_config = self.model.config
+        loss_dict = {
+            "guidance_loss": config.pds_loss_mult * surrogate_loss(x0_tgt, result.grad).to(self.device),
+            "interlevel_loss": model_config.interlevel_loss_mult * render.interlevel_loss,
+            "distortion_loss": model_config.distortion_loss_mult * render.distortion_loss,
+        }
+        metrics_dict = {"timestep": float(result.t[0]), "view": float(view), "grad_norm": float(result.grad.norm())}
+        if (step - self.schedule.start(Stage.PDS)) % config.log_every == 0:
+            self._log_guidance(step, view, render.rgb.detach(), result.grad)
+        return {"rgb": render.rgb}, loss_dict, metrics_dict
+
+    def _log_guidance(self, step: int, view: int, render: Tensor, grad: Tensor) -> None:
+        """source | render | gradient magnitude, to tensorboard and the run folder."""
+        height, width = render.shape[:2]
+        source = self.datamanager.original_image(view)[..., :3].to(render.device)
+        source = from_prior_output(to_prior_input(source, (height, width)), (height, width))
+        magnitude = grad.float().norm(dim=1, keepdim=True)
+        magnitude = magnitude / magnitude.max().clamp_min(1e-12)
+        magnitude = from_prior_output(magnitude.expand(-1, 3, -1, -1).to(render.device), (height, width))
+        panel = torch.cat([source, render.clamp(0, 1), magnitude], dim=1)
+        writer.put_image(name="PDS/source | render | gradient", image=panel, step=step)
+        if self.run_dir is not None:
+            _save_png(panel, self.run_dir / "logs" / f"step-{step:09d}.png")
+
+    def _refine_images(self, step: int) -> None:
+        """SPEC stage 2: every `sdedit_every` steps, one random training image becomes the SDEdit of its stage-1 render."""
+        config = self.config
+        if self.stage1_renders is None:  # a run that starts in stage 2 renders the stage-1 result now
+            self.stage1_renders = self.render_training_views(Stage.PDS)
+        offset = step - self.schedule.start(Stage.REFINEMENT)
+        if offset % config.sdedit_every:
+            return
+        generator = step_generator(config.seed, step, 1)
+        view = int(torch.randint(self.datamanager.num_train_images, (), generator=generator))
+        source = self.stage1_renders[view].to(self.device)
+        height, width = source.shape[:2]
+        prior = self.prior()
+        num_steps = sample_sdedit_steps(
+            config.sdedit_num_inference_steps, (config.sdedit_min_step_ratio, config.sdedit_max_step_ratio), generator
+        )
+        with torch.no_grad():
+            latent = prior.encode(to_prior_input(source, self._prior_size(height, width)))
+            edited = sdedit(
+                latent,
+                prior.eps_fn(config.sdedit_guidance_scale),
+                prior.alphas_cumprod,
+                prior.text_embeddings([config.target_prompt]),
+                num_steps,
+                config.sdedit_num_inference_steps,
+                generator=generator,
+            )
+            image = from_prior_output(prior.decode(edited), (height, width))
+        current = self.datamanager.current_image(view)
+        if current.shape[-1] == 4:  # RGBA training images keep their alpha
+            image = torch.cat([image.to(current), current[..., 3:]], dim=-1)
+        self.datamanager.replace_image(view, image)
+        self.last_refined_view = view
+
+    # -------------------------------------------------------------- renders
+
+    @torch.no_grad()
+    def render_training_views(self, stage: Stage) -> Float[Tensor, "num_images height width 3"]:
+        """Renders every training view at training resolution; writes them under run_dir/renders/<stage>/."""
+        was_training = self.model.training
+        self.model.eval()
+        cameras = self.datamanager.train_dataset.cameras.to(self.device)
+        renders = []
+        for view in range(self.datamanager.num_train_images):
+            rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
+            renders.append(self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"].clamp(0, 1).cpu())
+        self.model.train(was_training)
+        stacked = torch.stack(renders)
+        if self.run_dir is not None:
+            names = self.datamanager.train_dataparser_outputs.image_filenames
+            for view, image in enumerate(stacked):
+                _save_png(image, self.run_dir / "renders" / stage.value / f"{Path(names[view]).stem}.png")
+        return stacked
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        if training_callback_attributes.trainer is not None:
+            self.run_dir = Path(training_callback_attributes.trainer.base_dir)
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_step))
+        return callbacks
+
+    def _after_step(self, step: int) -> None:
+        if not self.schedule.is_last_step_of_stage(step):
+            return
+        stage = self.schedule.stage_at(step)
+        renders = self.render_training_views(stage)
+        if stage is Stage.PDS:
+            self.stage1_renders = renders
+
+
+def _save_png(image: Float[Tensor, "height width 3"], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(array).save(path)

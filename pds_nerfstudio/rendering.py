@@ -1,0 +1,74 @@
+"""Whole-view rendering of a nerfstudio model, with gradient, and resizing for the prior."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
+from nerfstudio.models.nerfacto import NerfactoModel
+
+
+@dataclass
+class ViewRender:
+    """A rendered view and nerfacto's proposal losses averaged over its rays."""
+
+    rgb: Float[Tensor, "height width 3"]
+    interlevel_loss: Float[Tensor, ""]
+    distortion_loss: Float[Tensor, ""]
+
+
+def render_view(model: NerfactoModel, cameras: Cameras, view: int, chunk_size: int) -> ViewRender:
+    """Renders every pixel of camera `view`, chunk by chunk, keeping the autograd graph.
+
+    The rays carry `view` as camera index, so nerfacto's appearance embedding and camera
+    optimiser see the right view, as in ray-batch training. In training mode the proposal
+    networks' interlevel and distortion losses are returned too: with them the edit reaches the
+    proposal networks, which the RGB gradient alone does not train (nerfacto's own losses).
+    """
+    rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
+    height, width = rays.shape[:2]
+    flat = rays.flatten()
+    num_rays = len(flat)
+    rgb_chunks = []
+    interlevel = torch.zeros((), device=flat.origins.device)
+    distortion = torch.zeros((), device=flat.origins.device)
+    for start in range(0, num_rays, chunk_size):
+        chunk = flat[start : start + chunk_size]
+        outputs = model(chunk)
+        rgb_chunks.append(outputs["rgb"])
+        if "weights_list" in outputs:
+            share = len(chunk) / num_rays
+            interlevel = interlevel + share * interlevel_loss(outputs["weights_list"], outputs["ray_samples_list"])
+            distortion = distortion + share * distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
+    rgb = torch.cat(rgb_chunks).view(height, width, 3)
+    return ViewRender(rgb=rgb, interlevel_loss=interlevel, distortion_loss=distortion)
+
+
+def prior_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """(height, width) scaled so the short side is `short_side`, each rounded to `multiple`."""
+    scale = short_side / min(height, width)
+    return (
+        max(multiple, round(height * scale / multiple) * multiple),
+        max(multiple, round(width * scale / multiple) * multiple),
+    )
+
+
+def to_prior_input(image: Float[Tensor, "height width 3"], size: tuple[int, int]) -> Float[Tensor, "1 3 h w"]:
+    """An HWC image in [0, 1] as the prior's NCHW input of `size` (antialiased when shrinking)."""
+    nchw = image.permute(2, 0, 1)[None]
+    if tuple(nchw.shape[-2:]) == size:
+        return nchw
+    return F.interpolate(nchw, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def from_prior_output(image: Float[Tensor, "1 3 h w"], size: tuple[int, int]) -> Float[Tensor, "height width 3"]:
+    """The prior's NCHW image back to an HWC image of `size`."""
+    if tuple(image.shape[-2:]) != size:
+        image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return image[0].permute(1, 2, 0).clamp(0, 1)

@@ -1,0 +1,62 @@
+"""Which stage a global training step belongs to: a pure function of the step and the stage lengths.
+
+Steps [0, R) reconstruct the scene (stage 0, skipped when a starting checkpoint is loaded: the
+run then starts at step R), [R, R + P) run PDS (stage 1), [R + P, R + P + F) refine (stage 2).
+A resumed run therefore continues in the right stage with no state of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Stage(str, Enum):
+    """The stages of an edit, named as they appear in logs, folders and the viewer."""
+
+    RECONSTRUCTION = "reconstruction"
+    PDS = "pds"
+    REFINEMENT = "refinement"
+    DONE = "done"
+
+
+@dataclass(frozen=True)
+class StageSchedule:
+    """Lengths of the three stages, in iterations."""
+
+    reconstruction: int
+    pds: int
+    refinement: int
+
+    def __post_init__(self) -> None:
+        for name in ("reconstruction", "pds", "refinement"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--pipeline.{name}-iterations must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def total(self) -> int:
+        """Global step at which the edit is complete."""
+        return self.reconstruction + self.pds + self.refinement
+
+    def start(self, stage: Stage) -> int:
+        """First global step of `stage`."""
+        return {
+            Stage.RECONSTRUCTION: 0,
+            Stage.PDS: self.reconstruction,
+            Stage.REFINEMENT: self.reconstruction + self.pds,
+            Stage.DONE: self.total,
+        }[stage]
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage that global step `step` runs."""
+        if step < self.start(Stage.PDS):
+            return Stage.RECONSTRUCTION
+        if step < self.start(Stage.REFINEMENT):
+            return Stage.PDS
+        if step < self.total:
+            return Stage.REFINEMENT
+        return Stage.DONE
+
+    def is_last_step_of_stage(self, step: int) -> bool:
+        """Whether `step` is the final iteration of a non-empty stage."""
+        return step + 1 in (self.start(Stage.PDS), self.start(Stage.REFINEMENT), self.total) and step >= 0

@@ -1,0 +1,103 @@
+"""nerfstudio's Trainer, with the global step horizon and checkpoint loading that an edit needs.
+
+- The run ends at the global step where the last stage ends, whatever step it starts at
+  (nerfstudio 1.1.5 runs `--max-num-iterations` more steps after a loaded checkpoint).
+- A checkpoint of another method (stock `ns-train nerfacto`, `pds-nerfacto`) is a starting
+  scene: its model weights load, its optimiser state is ignored, and the run starts where
+  stage 1 starts, skipping reconstruction. A `pds` checkpoint resumes exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Literal, Optional, Type
+
+import torch
+
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils.rich_utils import CONSOLE
+
+from pds_nerfstudio.pipeline import PDS_MARKER, PDSPipeline
+from pds_nerfstudio.prior import PriorLoadError
+from pds_nerfstudio.stages import Stage
+
+
+@dataclass
+class PDSTrainerConfig(TrainerConfig):
+    """Trainer of the `pds` method; `--max-num-iterations` is replaced by the sum of the stage lengths."""
+
+    _target: Type = field(default_factory=lambda: PDSTrainer)
+
+
+class PDSTrainer(Trainer):
+    """Trains the stages of an edit up to the global step where the last one ends."""
+
+    pipeline: PDSPipeline
+
+    def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        try:
+            super().setup(test_mode)
+            schedule = self.pipeline.schedule
+            if self._start_step < schedule.total and schedule.total > schedule.start(Stage.PDS):
+                self.pipeline.prior()  # fail now, not after hours of reconstruction
+        except (ValueError, PriorLoadError) as error:
+            raise SystemExit(f"error: {error}") from None
+
+    def checkpoint_path(self) -> Optional[Path]:
+        """The checkpoint that `--load-dir`/`--load-step` or `--load-checkpoint` name, or None."""
+        if self.config.load_checkpoint is not None:
+            path = Path(self.config.load_checkpoint)
+            if not path.is_file():
+                raise SystemExit(f"error: --load-checkpoint {path} does not exist")
+            return path
+        if self.config.load_dir is None:
+            return None
+        load_dir = Path(self.config.load_dir)
+        steps = sorted(int(p.stem.split("-")[1]) for p in load_dir.glob("step-*.ckpt")) if load_dir.is_dir() else []
+        if not steps:
+            raise SystemExit(
+                f"error: --load-dir {load_dir} holds no checkpoint (step-*.ckpt); "
+                "pass the run's nerfstudio_models folder"
+            )
+        step = self.config.load_step if self.config.load_step is not None else steps[-1]
+        path = load_dir / f"step-{step:09d}.ckpt"
+        if not path.is_file():
+            raise SystemExit(f"error: --load-step {step}: {path} does not exist (found steps {steps})")
+        return path
+
+    def _load_checkpoint(self) -> None:
+        path = self.checkpoint_path()
+        if path is not None:
+            state = torch.load(path, map_location="cpu")
+            if PDS_MARKER in state.get("pipeline", {}):
+                super()._load_checkpoint()
+            else:
+                self._load_starting_scene(state, path)
+        else:
+            super()._load_checkpoint()
+        self.config.max_num_iterations = max(0, self.pipeline.schedule.total - self._start_step)
+
+    def _load_starting_scene(self, state: Dict[str, Any], path: Path) -> None:
+        """Loads a scene trained by another method; the edit starts where stage 1 starts."""
+        pipeline_state = state.get("pipeline", {})
+        expected = [f"_model.{key}" for key in self.pipeline.model.state_dict()]
+        missing = [key for key in expected if key not in pipeline_state and ".field." in key]
+        if missing or "step" not in state:
+            raise SystemExit(
+                f"error: {path} is not a nerfacto scene checkpoint (missing {len(missing)} field weights, "
+                f"e.g. {missing[:2]}); start from a run of `ns-train nerfacto` or `ns-train pds-nerfacto`"
+            )
+        try:
+            self.pipeline.load_pipeline(pipeline_state, state["step"])
+        except RuntimeError as error:
+            raise SystemExit(
+                f"error: {path} does not fit this model ({str(error).splitlines()[0]}); "
+                "use the same --pipeline.model.* options as the run that wrote it"
+            ) from None
+        self._start_step = self.pipeline.schedule.start(Stage.PDS)
+        CONSOLE.print(
+            f"Loaded the scene from {path} (step {state['step']} of another method; its optimiser state is not used). "
+            f"Reconstruction skipped: the edit starts at step {self._start_step}."
+        )
+
