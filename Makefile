@@ -26,7 +26,7 @@ system-deps:
 	fi
 
 test: install
-	$(BIN)/python -m pytest -q -p no:dash
+	$(BIN)/python -m pytest -q
 
 demo: install
 	$(BIN)/python scripts/demo.py

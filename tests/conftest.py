@@ -62,3 +62,46 @@ def face_scene() -> Path:
     if not (FACE_SCENE / "transforms.json").exists():
         pytest.skip(f"{FACE_SCENE} is absent")
     return FACE_SCENE
+
+
+@pytest.fixture(scope="session")
+def tiny_prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised Stable Diffusion pipeline folder (loads offline)."""
+    from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior
+
+    return build_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny-sd")
+
+
+def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
+    """A `pds` pipeline config at test sizes: tiny nerfacto, the tiny prior, on CPU."""
+    from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+    from pds_nerfstudio.datamanager import PDSDataManagerConfig
+    from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
+    from pds_nerfstudio.pipeline import PDSPipelineConfig
+    from pds_nerfstudio.prior import DiffusionPriorConfig
+
+    options: dict = dict(
+        source_prompt="a red sphere",
+        target_prompt="a blue sphere",
+        reconstruction_iterations=2,
+        pds_iterations=4,
+        refinement_iterations=25,
+        log_every=1000,
+    )
+    options.update(pipeline_options)
+    return PDSPipelineConfig(
+        datamanager=PDSDataManagerConfig(
+            dataparser=NerfstudioDataParserConfig(data=scene), train_num_rays_per_batch=128, eval_num_rays_per_batch=128
+        ),
+        model=OfflineNerfactoModelConfig(
+            eval_num_rays_per_chunk=1024,
+            num_nerf_samples_per_ray=16,
+            num_proposal_samples_per_ray=(16, 8),
+            hidden_dim=16,
+            hidden_dim_color=16,
+            num_levels=4,
+            log2_hashmap_size=12,
+        ),
+        prior=DiffusionPriorConfig(model_id=str(prior_dir), dtype="fp32", device="cpu"),
+        **options,
+    )

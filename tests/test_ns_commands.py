@@ -7,6 +7,8 @@ conftest.user_env: empty caches, no ffmpeg on PATH, hub offline).
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,6 +16,10 @@ import pytest
 import torch
 import torchvision
 from conftest import console_script, run_cli
+
+from pds_nerfstudio import compat
+
+compat.allow_nerfstudio_checkpoints()  # this process reads the checkpoints too
 
 TINY_NERFACTO = [
     "--pipeline.datamanager.train-num-rays-per-batch", "256",
@@ -124,3 +130,53 @@ def test_stock_nerfacto_checkpoint_renders_once_plugin_is_installed(
     run_cli(["ns-render", "dataset", "--load-config", str(config), "--output-path", str(tmp_path / "frames"),
              "--split", "test", "--rendered-output-names", "rgb"], env, cwd=tmp_path)  # fmt: skip
     assert list((tmp_path / "frames").rglob("*.jpg"))
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
+
+
+def pds_args(prior: Path, reconstruction: int, pds: int, refinement: int) -> list[str]:
+    return [
+        "--pipeline.source-prompt", "a red sphere", "--pipeline.target-prompt", "a blue sphere",
+        "--pipeline.prior.model-id", str(prior), "--pipeline.prior.dtype", "fp32",
+        "--pipeline.reconstruction-iterations", str(reconstruction), "--pipeline.pds-iterations", str(pds),
+        "--pipeline.refinement-iterations", str(refinement), "--pipeline.log-every", "2",
+    ]  # fmt: skip
+
+
+def test_ns_train_pds_runs_every_stage_and_its_run_renders_without_the_prior(
+    trained: Path, tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    prior = tmp_path / "prior"
+    shutil.copytree(tiny_prior_dir, prior)
+    scene_before = _tree_digest(tiny_scene)
+    config = train("pds", tiny_scene, tmp_path, 0, user_env, *pds_args(prior, 3, 3, 12))
+    assert _tree_digest(tiny_scene) == scene_before, "the scene folder was written"
+
+    run = config.parent
+    checkpoints = sorted((run / "nerfstudio_models").glob("*.ckpt"))
+    assert torch.load(checkpoints[-1], map_location="cpu")["step"] == 17  # 3 + 3 + 12 steps, whatever --max-num-iterations says
+    for stage in ("reconstruction", "pds", "refinement"):
+        assert len(list((run / "renders" / stage).glob("*.png"))) == 11, stage
+    assert sorted(p.name for p in (run / "logs").glob("*.png")) == ["step-000000003.png", "step-000000005.png"]
+    # A checkpoint holds the scene, not the prior: about the size of the same nerfacto's.
+    reference = sorted((trained.parent / "nerfstudio_models").glob("*.ckpt"))[-1]
+    assert checkpoints[-1].stat().st_size < 1.05 * reference.stat().st_size
+
+    shutil.rmtree(prior)  # rendering must not need the diffusion prior
+    run_cli(["ns-render", "dataset", "--load-config", str(config), "--output-path", str(tmp_path / "frames"),
+             "--split", "train", "--rendered-output-names", "rgb"], user_env, cwd=tmp_path)  # fmt: skip
+    assert len(list((tmp_path / "frames" / "train" / "rgb").glob("*.jpg"))) == 11
+
+
+def test_ns_train_pds_starts_from_a_nerfacto_checkpoint_without_reconstructing(
+    trained: Path, tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    models = trained.parent / "nerfstudio_models"
+    args = [*pds_args(tiny_prior_dir, 1000, 2, 0), "--load-dir", str(models)]
+    config = train("pds", tiny_scene, tmp_path, 0, user_env, *args)
+    run = config.parent
+    assert torch.load(sorted((run / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu")["step"] == 1001
+    assert not (run / "renders" / "reconstruction").exists()
+    assert len(list((run / "renders" / "pds").glob("*.png"))) == 11

@@ -1,0 +1,139 @@
+"""The `pds` pipeline in-process on a tiny scene with the tiny prior: stages 1 and 2, viewer, options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_pds_config
+
+from nerfstudio.viewer.utils import parse_object
+from nerfstudio.viewer.viewer_elements import ViewerElement
+from pds_nerfstudio.pipeline import PDSPipeline
+from pds_nerfstudio.stages import Stage
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_scene: Path, tiny_prior_dir: Path) -> PDSPipeline:
+    torch.manual_seed(0)
+    pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir).setup(device="cpu", test_mode="val")
+    pipeline.train()
+    return pipeline
+
+
+def _grad_norms(parameters: list[torch.nn.Parameter]) -> float:
+    return sum(float(p.grad.abs().sum()) for p in parameters if p.grad is not None)
+
+
+def test_stage1_step_reaches_field_and_proposal_networks(pipeline: PDSPipeline) -> None:
+    step = pipeline.schedule.start(Stage.PDS)
+    groups = pipeline.get_param_groups()
+    pipeline.zero_grad()
+    outputs, loss_dict, metrics = pipeline.get_train_loss_dict(step)
+    assert set(loss_dict) == {"guidance_loss", "interlevel_loss", "distortion_loss"}
+    assert outputs["rgb"].shape == (32, 32, 3)
+    assert 20 <= metrics["timestep"] < 980
+    loss_dict["guidance_loss"].backward(retain_graph=True)
+    assert _grad_norms(groups["fields"]) > 0, "the guidance gradient does not reach the field"
+    (loss_dict["interlevel_loss"] + loss_dict["distortion_loss"]).backward()
+    assert _grad_norms(groups["proposal_networks"]) > 0, "stage 1 does not train the proposal networks"
+
+    before = {name: p.detach().clone() for name, p in pipeline.model.named_parameters()}
+    torch.optim.Adam(groups["fields"] + groups["proposal_networks"], lr=1e-2).step()
+    changed = {name for name, p in pipeline.model.named_parameters() if not torch.equal(before[name], p)}
+    assert any(name.startswith("field.") for name in changed)
+    assert any(name.startswith("proposal_networks.") for name in changed)
+
+
+def test_stage1_keeps_a_view_for_change_view_every_steps(pipeline: PDSPipeline) -> None:
+    start, every = pipeline.schedule.start(Stage.PDS), pipeline.config.change_view_every
+    views = [pipeline.view_for_step(start + offset) for offset in range(5 * every)]
+    blocks = [views[i : i + every] for i in range(0, len(views), every)]
+    assert all(len(set(block)) == 1 for block in blocks)
+    assert len({block[0] for block in blocks}) > 1
+
+
+def test_stage2_replaces_one_image_every_sdedit_every_steps(pipeline: PDSPipeline) -> None:
+    start = pipeline.schedule.start(Stage.REFINEMENT)
+    manager = pipeline.datamanager
+    views = range(manager.num_train_images)
+    originals = [manager.original_image(v).clone() for v in views]
+    previous = [manager.current_image(v).clone() for v in views]
+    replaced = []
+    for step in range(start, start + 21):
+        pipeline.get_train_loss_dict(step)
+        current = [manager.current_image(v).clone() for v in views]
+        changed = [v for v in views if not torch.equal(current[v], previous[v])]
+        if (step - start) % pipeline.config.sdedit_every == 0:
+            assert changed == [pipeline.last_refined_view]
+            replaced.append(changed[0])
+        else:
+            assert changed == []
+        previous = current
+    assert len(replaced) == 3
+    assert pipeline.stage1_renders is not None and pipeline.stage1_renders.shape == (len(views), 32, 32, 3)
+    untouched = [v for v in views if v not in replaced]
+    assert all(torch.equal(manager.current_image(v), originals[v]) for v in untouched)
+    assert all(torch.equal(manager.original_image(v), originals[v]) for v in views)  # sources are kept
+
+
+def test_viewer_shows_stage_and_edits_prompts_and_guidance(pipeline: PDSPipeline) -> None:
+    elements = {element.name: element for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")}
+    assert {"Edit stage", "Source prompt", "Target prompt", "Guidance scale"} <= set(elements)
+    pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
+    assert "pds" in elements["Edit stage"].value
+
+    elements["Target prompt"].value = "a green sphere"
+    elements["Target prompt"].cb_hook(elements["Target prompt"])
+    assert pipeline.config.target_prompt == "a green sphere"
+    elements["Target prompt"].value = "  "
+    elements["Target prompt"].cb_hook(elements["Target prompt"])
+    assert pipeline.config.target_prompt == "a green sphere"  # an empty prompt is refused
+
+    elements["Guidance scale"].value = 30.0
+    elements["Guidance scale"].cb_hook(elements["Guidance scale"])
+    assert pipeline.config.guidance_scale == 30.0
+    elements["Guidance scale"].value = 0.0
+    elements["Guidance scale"].cb_hook(elements["Guidance scale"])
+    assert pipeline.config.guidance_scale == 30.0
+
+
+def test_prior_weights_stay_out_of_the_checkpoint(pipeline: PDSPipeline) -> None:
+    pipeline.prior()
+    keys = pipeline.state_dict().keys()
+    assert not [key for key in keys if any(part in key for part in ("unet", "vae", "text_encoder", "_prior"))]
+    assert "edit_stage_lengths" in keys
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"target_prompt": ""}, "--pipeline.target-prompt"),
+        ({"source_prompt": " "}, "--pipeline.source-prompt"),
+        ({"guidance_scale": 0.0}, "--pipeline.guidance-scale"),
+        ({"min_step_ratio": 0.5, "max_step_ratio": 0.4}, "--pipeline.min-step-ratio"),
+        ({"max_step_ratio": 1.5}, "--pipeline.min-step-ratio"),
+        ({"pds_iterations": -1}, "--pipeline.pds-iterations"),
+        ({"render_scale": 0.0}, "--pipeline.render-scale"),
+    ],
+)
+def test_bad_options_are_refused_before_the_scene_loads(
+    tmp_path: Path, tiny_prior_dir: Path, options: dict, message: str
+) -> None:
+    missing_scene = tmp_path / "no-such-scene"  # loading it would fail with another error
+    with pytest.raises(ValueError, match=message):
+        tiny_pds_config(missing_scene, tiny_prior_dir, **options).setup(device="cpu", test_mode="val")
+
+
+def test_face_scene_runs_stage1_at_reduced_resolution(face_scene: Path, tiny_prior_dir: Path) -> None:
+    config = tiny_pds_config(face_scene, tiny_prior_dir, reconstruction_iterations=0, render_scale=1 / 16)
+    pipeline = config.setup(device="cpu", test_mode="val")
+    pipeline.train()
+    for step in range(2):
+        outputs, loss_dict, _ = pipeline.get_train_loss_dict(step)
+        assert outputs["rgb"].shape == (32, 32, 3)  # 512x512 views at 1/16
+        loss = sum(loss_dict.values())
+        assert torch.isfinite(loss)
+        loss.backward()
+    assert _grad_norms(pipeline.get_param_groups()["fields"]) > 0
