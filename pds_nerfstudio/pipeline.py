@@ -32,6 +32,7 @@ from pds_nerfstudio.guidance import guidance_gradient, sample_sdedit_steps, sded
 from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
 from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.rendering import from_prior_output, prior_size, render_view, to_prior_input
+from pds_nerfstudio.scene_checks import validate_scene
 from pds_nerfstudio.stages import Stage, StageSchedule
 
 
@@ -94,6 +95,8 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     """Stage 1 writes a source | render | gradient image every this many iterations."""
     seed: int = 42
     """Seed of view choice, timesteps and noises: the same seed and step give the same draws."""
+    max_nonfinite_steps: int = 20
+    """Stop the run after this many consecutive iterations with a non-finite loss (none reaches the scene)."""
 
     def stage_schedule(self) -> StageSchedule:
         """The stage lengths as a schedule."""
@@ -114,6 +117,7 @@ class PDSPipelineConfig(VanillaPipelineConfig):
                 raise ValueError(f"--pipeline.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"--pipeline.render-scale must be in (0, 1], got {self.render_scale}")
+        validate_scene(self.datamanager.data or self.datamanager.dataparser.data)
 
 
 def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bool) -> None:
@@ -121,6 +125,14 @@ def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bo
         max_option = min_option.replace("min-", "max-")
         relation = "<=" if allow_equal else "<"
         raise ValueError(f"{min_option} and {max_option} must satisfy 0 <= min {relation} max <= 1, got {low} and {high}")
+
+
+class NonFiniteTrainingError(RuntimeError):
+    """Training keeps producing non-finite losses; continuing would write a broken scene."""
+
+
+def _zero_nonfinite(grad: Tensor) -> Tensor:
+    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -156,6 +168,9 @@ class PDSPipeline(VanillaPipeline):
         self.run_dir: Optional[Path] = None
         self.last_refined_view: Optional[int] = None
         self._stage_shown: Optional[Stage] = None
+        self._nonfinite_steps = 0
+        for parameter in self.model.parameters():  # non-finite gradients never reach the scene
+            parameter.register_hook(_zero_nonfinite)
         self.viewer_stage = ViewerText("Edit stage", "", disabled=True, hint="The stage the edit is in")
         self.viewer_source_prompt = ViewerText(
             "Source prompt", config.source_prompt, cb_hook=self._on_prompt_change, hint="Describes the scene as is"
@@ -218,10 +233,29 @@ class PDSPipeline(VanillaPipeline):
         stage = self.schedule.stage_at(step)
         self._show_stage(stage, step)
         if stage is Stage.PDS:
-            return self._pds_step(step)
-        if stage is Stage.REFINEMENT:
-            self._refine_images(step)
-        return super().get_train_loss_dict(step)
+            outputs, loss_dict, metrics_dict = self._pds_step(step)
+        else:
+            if stage is Stage.REFINEMENT:
+                self._refine_images(step)
+            outputs, loss_dict, metrics_dict = super().get_train_loss_dict(step)
+        return outputs, self._finite_losses(loss_dict, step), metrics_dict
+
+    def _finite_losses(self, loss_dict: Dict[str, Tensor], step: int) -> Dict[str, Tensor]:
+        """The losses, or, when one is not finite, a zero loss that leaves the scene unchanged."""
+        if all(bool(torch.isfinite(loss).all()) for loss in loss_dict.values()):
+            self._nonfinite_steps = 0
+            return loss_dict
+        self._nonfinite_steps += 1
+        bad = sorted(name for name, loss in loss_dict.items() if not bool(torch.isfinite(loss).all()))
+        if self._nonfinite_steps >= self.config.max_nonfinite_steps:
+            raise NonFiniteTrainingError(
+                f"{self._nonfinite_steps} iterations in a row up to step {step} gave non-finite {', '.join(bad)}; "
+                "the last checkpoint is intact. Lower --pipeline.guidance-scale or the learning rates "
+                "(--optimizers.fields.optimizer.lr), or use --pipeline.prior.dtype fp32"
+            )
+        CONSOLE.print(f"[bold yellow]Step {step}: non-finite {', '.join(bad)} skipped")
+        zero = sum(parameter.sum() for parameter in self.model.parameters()) * 0.0
+        return {"skipped_loss": zero}
 
     def view_for_step(self, step: int) -> int:
         """Training view of stage-1 step `step`: one view per `change_view_every` steps, drawn at random."""
@@ -285,14 +319,25 @@ class PDSPipeline(VanillaPipeline):
 
     def _refine_images(self, step: int) -> None:
         """SPEC stage 2: every `sdedit_every` steps, one random training image becomes the SDEdit of its stage-1 render."""
-        config = self.config
         if self.stage1_renders is None:  # a run that starts in stage 2 renders the stage-1 result now
             self.stage1_renders = self.render_training_views(Stage.PDS)
-        offset = step - self.schedule.start(Stage.REFINEMENT)
-        if offset % config.sdedit_every:
-            return
+        if self._is_sdedit_step(step):
+            self._replace_with_sdedit(step)
+
+    def _is_sdedit_step(self, step: int) -> bool:
+        return (step - self.schedule.start(Stage.REFINEMENT)) % self.config.sdedit_every == 0
+
+    def sdedit_view(self, step: int) -> int:
+        """The training view that SDEdit step `step` replaces (the first draw of that step's generator)."""
+        generator = step_generator(self.config.seed, step, 1)
+        return int(torch.randint(self.datamanager.num_train_images, (), generator=generator))
+
+    def _replace_with_sdedit(self, step: int) -> None:
+        """Replaces the training image of `sdedit_view(step)`; a function of the step, the renders and the options."""
+        config = self.config
         generator = step_generator(config.seed, step, 1)
         view = int(torch.randint(self.datamanager.num_train_images, (), generator=generator))
+        assert self.stage1_renders is not None
         source = self.stage1_renders[view].to(self.device)
         height, width = source.shape[:2]
         prior = self.prior()
@@ -317,11 +362,33 @@ class PDSPipeline(VanillaPipeline):
         self.datamanager.replace_image(view, image)
         self.last_refined_view = view
 
+    def restore_edits(self, start_step: int, previous_run: Optional[Path]) -> int:
+        """Makes the training images what they were when a killed run reached `start_step`; returns how many.
+
+        Each image is the SDEdit of the last stage-2 step that chose its view; those steps, and
+        the SDEdits themselves, are functions of the step (see `step_generator`), so they are
+        recomputed rather than stored. The stage-1 renders come from the earlier run's
+        renders/pds/ folder (written as PNG, and kept in memory quantised the same way).
+        """
+        start = self.schedule.start(Stage.REFINEMENT)
+        if start_step <= start:
+            return 0
+        self.stage1_renders = self._read_renders(previous_run, Stage.PDS) if previous_run is not None else None
+        if self.stage1_renders is None:
+            CONSOLE.print("[bold yellow]Stage-1 renders of the earlier run not found: rendering the loaded scene instead")
+            self.stage1_renders = self.render_training_views(Stage.PDS)
+        else:
+            self._write_renders(self.stage1_renders, Stage.PDS)
+        last_step_of_view = {self.sdedit_view(step): step for step in range(start, start_step, self.config.sdedit_every)}
+        for step in sorted(last_step_of_view.values()):
+            self._replace_with_sdedit(step)
+        return len(last_step_of_view)
+
     # -------------------------------------------------------------- renders
 
     @torch.no_grad()
     def render_training_views(self, stage: Stage) -> Float[Tensor, "num_images height width 3"]:
-        """Renders every training view at training resolution; writes them under run_dir/renders/<stage>/."""
+        """Renders every training view at training resolution, quantised to 8 bits as written under run_dir/renders/<stage>/."""
         was_training = self.model.training
         self.model.eval()
         cameras = self.datamanager.train_dataset.cameras.to(self.device)
@@ -330,12 +397,25 @@ class PDSPipeline(VanillaPipeline):
             rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
             renders.append(self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"].clamp(0, 1).cpu())
         self.model.train(was_training)
-        stacked = torch.stack(renders)
-        if self.run_dir is not None:
-            names = self.datamanager.train_dataparser_outputs.image_filenames
-            for view, image in enumerate(stacked):
-                _save_png(image, self.run_dir / "renders" / stage.value / f"{Path(names[view]).stem}.png")
+        stacked = (torch.stack(renders) * 255).round() / 255  # what the PNGs hold, so a resumed run sees the same
+        self._write_renders(stacked, stage)
         return stacked
+
+    def _render_paths(self, run_dir: Path, stage: Stage) -> List[Path]:
+        names = self.datamanager.train_dataparser_outputs.image_filenames
+        return [run_dir / "renders" / stage.value / f"{Path(name).stem}.png" for name in names]
+
+    def _write_renders(self, renders: Tensor, stage: Stage) -> None:
+        if self.run_dir is not None:
+            for image, path in zip(renders, self._render_paths(self.run_dir, stage)):
+                _save_png(image, path)
+
+    def _read_renders(self, run_dir: Path, stage: Stage) -> Optional[Tensor]:
+        paths = self._render_paths(run_dir, stage)
+        if not all(path.is_file() for path in paths):
+            return None
+        arrays = [np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255 for path in paths]
+        return torch.from_numpy(np.stack(arrays))
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
         callbacks = super().get_training_callbacks(training_callback_attributes)

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Literal, Optional, Type
@@ -16,9 +17,10 @@ from typing import Any, Dict, Literal, Optional, Type
 import torch
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pds_nerfstudio.pipeline import PDS_MARKER, PDSPipeline
+from pds_nerfstudio.pipeline import PDS_MARKER, NonFiniteTrainingError, PDSPipeline
 from pds_nerfstudio.prior import PriorLoadError
 from pds_nerfstudio.stages import Stage
 
@@ -28,6 +30,20 @@ class PDSTrainerConfig(TrainerConfig):
     """Trainer of the `pds` method; `--max-num-iterations` is replaced by the sum of the stage lengths."""
 
     _target: Type = field(default_factory=lambda: PDSTrainer)
+
+    def save_config(self) -> None:
+        """Refuses bad options and an occupied run folder before anything is written, then saves config.yml."""
+        try:
+            self.pipeline.validate()
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
+        base_dir = self.get_base_dir()
+        if base_dir.exists() and any(base_dir.iterdir()):
+            raise SystemExit(
+                f"error: run folder {base_dir} already holds a run; leave --timestamp at its default "
+                "or choose another, so that runs never share a folder"
+            )
+        super().save_config()
 
 
 class PDSTrainer(Trainer):
@@ -67,16 +83,58 @@ class PDSTrainer(Trainer):
         return path
 
     def _load_checkpoint(self) -> None:
+        self.pipeline.run_dir = self.base_dir
         path = self.checkpoint_path()
         if path is not None:
             state = torch.load(path, map_location="cpu")
             if PDS_MARKER in state.get("pipeline", {}):
                 super()._load_checkpoint()
+                restored = self.pipeline.restore_edits(self._start_step, previous_run=path.parent.parent)
+                stage = self.pipeline.schedule.stage_at(self._start_step)
+                CONSOLE.print(f"Resuming the edit at step {self._start_step} ({stage.value}); {restored} edited images restored")
             else:
                 self._load_starting_scene(state, path)
         else:
             super()._load_checkpoint()
         self.config.max_num_iterations = max(0, self.pipeline.schedule.total - self._start_step)
+
+    def train_iteration(self, step: int):
+        try:
+            return super().train_iteration(step)
+        except torch.cuda.OutOfMemoryError:
+            raise SystemExit(
+                f"error: out of GPU memory at step {step} ({self.pipeline.schedule.stage_at(step).value}). "
+                "To use less: --pipeline.render-scale 0.5 (stage 1 renders at half resolution), "
+                "--pipeline.render-chunk-size 4096, --pipeline.prior.dtype fp16, "
+                "--pipeline.prior.device cuda:1 (the prior on a second GPU), "
+                "--pipeline.datamanager.train-num-rays-per-batch 2048. The last checkpoint is intact: "
+                "resume with --load-dir"
+            ) from None
+        except NonFiniteTrainingError as error:
+            raise SystemExit(f"error: {error}") from None
+
+    @check_main_thread
+    def save_checkpoint(self, step: int) -> None:
+        """nerfstudio's checkpoint, written atomically: a kill during a save leaves the previous one usable."""
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
+        # Beside the folder, not in it: nerfstudio parses every name in it as a step number.
+        partial = self.checkpoint_dir.parent / f".{path.name}.partial"
+        torch.save(
+            {
+                "step": step,
+                "pipeline": self.pipeline.state_dict(),
+                "optimizers": {k: v.state_dict() for (k, v) in self.optimizers.optimizers.items()},
+                "schedulers": {k: v.state_dict() for (k, v) in self.optimizers.schedulers.items()},
+                "scalers": self.grad_scaler.state_dict(),
+            },
+            partial,
+        )
+        os.replace(partial, path)
+        if self.config.save_only_latest_checkpoint:
+            for older in self.checkpoint_dir.glob("step-*.ckpt"):
+                if older != path:
+                    older.unlink()
 
     def _load_starting_scene(self, state: Dict[str, Any], path: Path) -> None:
         """Loads a scene trained by another method; the edit starts where stage 1 starts."""

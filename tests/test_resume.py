@@ -1,0 +1,73 @@
+"""Resuming an edit: the stage, the step and the edited training images come back after a kill."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from conftest import console_script, run_cli, tiny_pds_config
+
+from pds_nerfstudio import compat
+from pds_nerfstudio.stages import Stage
+from test_ns_commands import TINY_NERFACTO, pds_args
+
+compat.allow_nerfstudio_checkpoints()
+
+
+def test_restore_edits_recomputes_the_replaced_images_exactly(
+    tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path
+) -> None:
+    config = tiny_pds_config(tiny_scene, tiny_prior_dir, sdedit_every=3)
+    killed = config.setup(device="cpu", test_mode="val")
+    killed.run_dir = tmp_path / "killed"
+    start = killed.schedule.start(Stage.REFINEMENT)
+    for step in range(start, start + 10):  # SDEdit at offsets 0, 3, 6, 9
+        killed.get_train_loss_dict(step)
+    views = range(killed.datamanager.num_train_images)
+    expected = [killed.datamanager.current_image(v).clone() for v in views]
+
+    resumed = config.setup(device="cpu", test_mode="val")
+    resumed.run_dir = tmp_path / "resumed"
+    restored = resumed.restore_edits(start + 10, previous_run=killed.run_dir)
+    assert restored == len({killed.sdedit_view(s) for s in range(start, start + 10, 3)})
+    for view in views:
+        assert torch.equal(resumed.datamanager.current_image(view), expected[view]), view
+    assert len(list((resumed.run_dir / "renders" / "pds").glob("*.png"))) == len(views)  # for the next resume
+
+
+def test_sigkill_mid_refinement_then_load_dir_resumes_in_stage_2(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    args = [
+        "ns-train", "pds", "--data", str(tiny_scene), "--output-dir", str(tmp_path), "--steps-per-save", "4",
+        *TINY_NERFACTO, *pds_args(tiny_prior_dir, 2, 2, 60), "--pipeline.sdedit-every", "3",
+    ]  # fmt: skip
+    models = tmp_path / tiny_scene.name / "pds" / "killed" / "nerfstudio_models"
+    process = subprocess.Popen(
+        [console_script(args[0]), *args[1:], "--timestamp", "killed"],
+        env=user_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 400
+        while not (models / "step-000000016.ckpt").exists():
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint in stage 2 in time"
+            time.sleep(0.2)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    last = max(int(p.stem.split("-")[1]) for p in models.glob("step-*.ckpt"))
+    assert 16 <= last < 63
+
+    output = run_cli([*args, "--timestamp", "resumed", "--load-dir", str(models)], user_env, cwd=tmp_path).stdout
+    message = re.search(r"Resuming the edit at step (\d+) \((\w+)\); (\d+) edited images restored", output)
+    assert message is not None, output[-3000:]
+    assert int(message.group(1)) == last + 1
+    assert message.group(2) == "refinement"
+    assert int(message.group(3)) >= 1
+    resumed = tmp_path / tiny_scene.name / "pds" / "resumed" / "nerfstudio_models"
+    assert max(int(p.stem.split("-")[1]) for p in resumed.glob("step-*.ckpt")) == 63
