@@ -79,6 +79,9 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     """Stage 1 renders at this fraction of the training resolution (then resizes for the prior); < 1 saves memory."""
     render_chunk_size: int = 1 << 14
     """Rays per chunk when stage 1 renders a whole view."""
+    deferred_backprop: bool = True
+    """Stage 1 keeps no render graph and re-renders chunk by chunk in back-propagation: same gradient,
+    memory of one chunk. False keeps every chunk's graph (the authors' way; the plain reference)."""
     pds_loss_mult: float = 1.0
     """Weight of the guidance loss against nerfacto's proposal losses in stage 1."""
     sdedit_every: int = 10
@@ -275,7 +278,9 @@ class PDSPipeline(VanillaPipeline):
         """SPEC stage 1: render a whole view with gradient and back-propagate the guidance into it."""
         config = self.config
         view = self.view_for_step(step)
-        render = render_view(self.model, self.render_cameras(), view, config.render_chunk_size)
+        render = render_view(
+            self.model, self.render_cameras(), view, config.render_chunk_size, deferred=config.deferred_backprop
+        )
         prior = self.prior()
         size = self._prior_size(*render.rgb.shape[:2])
         x0_tgt = prior.encode(to_prior_input(render.rgb, size))

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Dict, Tuple
 
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.cameras.rays import RayBundle
 from nerfstudio.model_components.losses import distortion_loss, interlevel_loss
 from nerfstudio.models.nerfacto import NerfactoModel
 
@@ -23,13 +26,20 @@ class ViewRender:
     distortion_loss: Float[Tensor, ""]
 
 
-def render_view(model: NerfactoModel, cameras: Cameras, view: int, chunk_size: int) -> ViewRender:
-    """Renders every pixel of camera `view`, chunk by chunk, keeping the autograd graph.
+def render_view(
+    model: NerfactoModel, cameras: Cameras, view: int, chunk_size: int, deferred: bool = True
+) -> ViewRender:
+    """Renders every pixel of camera `view`, chunk by chunk, differentiably.
 
     The rays carry `view` as camera index, so nerfacto's appearance embedding and camera
     optimiser see the right view, as in ray-batch training. In training mode the proposal
     networks' interlevel and distortion losses are returned too: with them the edit reaches the
     proposal networks, which the RGB gradient alone does not train (nerfacto's own losses).
+
+    deferred: keep no chunk's autograd graph; back-propagation re-renders one chunk at a time
+    (activation checkpointing with the forward's RNG state, so jittered samples are identical).
+    Same gradient as the plain path (deferred=False, every chunk's graph kept), with the memory
+    of one chunk.
     """
     rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
     height, width = rays.shape[:2]
@@ -40,14 +50,38 @@ def render_view(model: NerfactoModel, cameras: Cameras, view: int, chunk_size: i
     distortion = torch.zeros((), device=flat.origins.device)
     for start in range(0, num_rays, chunk_size):
         chunk = flat[start : start + chunk_size]
-        outputs = model(chunk)
-        rgb_chunks.append(outputs["rgb"])
-        if "weights_list" in outputs:
-            share = len(chunk) / num_rays
-            interlevel = interlevel + share * interlevel_loss(outputs["weights_list"], outputs["ray_samples_list"])
-            distortion = distortion + share * distortion_loss(outputs["weights_list"], outputs["ray_samples_list"])
+        inputs = (model, chunk.origins, chunk.directions, chunk.pixel_area, chunk.camera_indices, chunk.metadata)
+        if deferred and torch.is_grad_enabled():
+            rgb, chunk_interlevel, chunk_distortion = checkpoint(_render_rays, *inputs, use_reentrant=False)
+        else:
+            rgb, chunk_interlevel, chunk_distortion = _render_rays(*inputs)
+        rgb_chunks.append(rgb)
+        share = len(chunk) / num_rays
+        interlevel = interlevel + share * chunk_interlevel
+        distortion = distortion + share * chunk_distortion
     rgb = torch.cat(rgb_chunks).view(height, width, 3)
     return ViewRender(rgb=rgb, interlevel_loss=interlevel, distortion_loss=distortion)
+
+
+def _render_rays(
+    model: NerfactoModel,
+    origins: Tensor,
+    directions: Tensor,
+    pixel_area: Tensor,
+    camera_indices: Tensor,
+    metadata: Dict[str, Tensor],
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """RGB and proposal losses of some rays. A new RayBundle each call: nerfacto's camera
+    optimiser and collider modify the bundle in place, and a re-run must start from the same rays."""
+    bundle = RayBundle(
+        origins=origins, directions=directions, pixel_area=pixel_area, camera_indices=camera_indices, metadata=dict(metadata)
+    )
+    outputs = model(bundle)
+    if "weights_list" not in outputs:
+        zero = torch.zeros((), device=origins.device)
+        return outputs["rgb"], zero, zero
+    weights, samples = outputs["weights_list"], outputs["ray_samples_list"]
+    return outputs["rgb"], interlevel_loss(weights, samples), distortion_loss(weights, samples)
 
 
 def prior_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
