@@ -42,6 +42,9 @@ class DiffusionPriorConfig:
     """Compute dtype of the UNet, VAE and text encoder; fp16 on a CPU device falls back to fp32 (warned)."""
     device: str | None = None
     """Device of the prior ("cuda", "cuda:1", "cpu"; None: cuda if available); may differ from the scene's."""
+    batched_guidance: bool = True
+    """Both branches and both guidance halves in one UNet call (batch 4 for PDS); False: the authors'
+    call pattern, one call of batch 2 per branch (the plain reference, for benchmarks)."""
     channels_last: bool = True
     """Run the UNet in channels-last memory format (faster convolutions on CUDA tensor cores)."""
     revision: str | None = None
@@ -426,7 +429,9 @@ class DiffusionPrior:
         """
         validate_guidance_scale(guidance_scale)
 
+        predict = self.predict_noise if self.config.batched_guidance else self.predict_noise_reference
+
         def eps(x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-            return self.predict_noise(x_t, t, cond, guidance_scale).to(device=x_t.device, dtype=x_t.dtype)
+            return predict(x_t, t, cond, guidance_scale).to(device=x_t.device, dtype=x_t.dtype)
 
         return eps

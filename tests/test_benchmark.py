@@ -1,0 +1,25 @@
+"""scripts/benchmark.py runs on CPU at tiny sizes and prints its table (numbers are not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_prints_a_row_per_mode(user_env: dict[str, str], tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--resolutions", "16", "--iterations", "1",
+         "--warmup", "0", "--device", "cpu"],
+        env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("GPU: "))
+    assert "none (CPU" in lines[header] and "torch" in lines[header] and "nerfstudio 1.1.5" in lines[header]
+    rows = [line.split() for line in lines[header + 2 : header + 4]]
+    assert [row[:2] for row in rows] == [["16", "authors"], ["16", "ours"]]
+    assert rows[0][4] == "1.00x"
+    assert all(row[-1].endswith("h") for row in rows)  # projected whole edit
