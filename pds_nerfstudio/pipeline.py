@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
 
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
@@ -120,7 +121,8 @@ class PDSPipelineConfig(VanillaPipelineConfig):
                 raise ValueError(f"--pipeline.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"--pipeline.render-scale must be in (0, 1], got {self.render_scale}")
-        validate_scene(self.datamanager.data or self.datamanager.dataparser.data)
+        if isinstance(self.datamanager.dataparser, NerfstudioDataParserConfig):  # other formats: their parser checks
+            validate_scene(self.datamanager.data or self.datamanager.dataparser.data)
 
 
 def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bool) -> None:
