@@ -118,8 +118,8 @@ def test_ns_viewer_loads_the_checkpoint(trained: Path, user_env: dict[str, str],
     assert any("Done loading checkpoint" in line for line in seen), "".join(seen)[-4000:]
 
 
-def test_stock_nerfacto_checkpoint_renders_once_plugin_is_installed(
-    tiny_scene: Path, user_env: dict[str, str], tmp_path: Path
+def test_stock_nerfacto_checkpoint_renders_and_starts_an_edit_once_plugin_is_installed(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
 ) -> None:
     # Stock nerfacto downloads AlexNet for LPIPS at start-up; give it a local (random) copy, as a
     # user with a populated torch cache has. Its checkpoint is then loaded by our environment.
@@ -130,6 +130,12 @@ def test_stock_nerfacto_checkpoint_renders_once_plugin_is_installed(
     run_cli(["ns-render", "dataset", "--load-config", str(config), "--output-path", str(tmp_path / "frames"),
              "--split", "test", "--rendered-output-names", "rgb"], env, cwd=tmp_path)  # fmt: skip
     assert list((tmp_path / "frames").rglob("*.jpg"))
+
+    # The same stock checkpoint starts an edit: weights load (its LPIPS weights and optimiser state are ignored).
+    (tmp_path / "edit").mkdir()
+    edit = train("pds", tiny_scene, tmp_path / "edit", 0, user_env, *pds_args(tiny_prior_dir, 500, 1, 0),
+                 "--load-dir", str(config.parent / "nerfstudio_models"))  # fmt: skip
+    assert torch.load(sorted((edit.parent / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu")["step"] == 500
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
