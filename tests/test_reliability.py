@@ -1,0 +1,123 @@
+"""Refusals, atomic checkpoints and the non-finite guard of the `pds` trainer and pipeline."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import console_script, tiny_pds_config
+
+from pds_nerfstudio.pipeline import NonFiniteTrainingError, PDSPipeline
+from pds_nerfstudio.stages import Stage
+from pds_nerfstudio.trainer import PDSTrainer, PDSTrainerConfig
+
+
+def make_trainer(tmp_path: Path, **options: object) -> PDSTrainer:
+    config = PDSTrainerConfig(method_name="pds", output_dir=tmp_path, timestamp="run", **options)
+    config.machine.device_type = "cpu"
+    return PDSTrainer(config)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"load_dir": Path("/no/such/run/nerfstudio_models")}, "holds no checkpoint"),
+        ({"load_checkpoint": Path("/no/such/step-000000001.ckpt")}, "does not exist"),
+    ],
+)
+def test_missing_checkpoints_are_refused_with_a_message(tmp_path: Path, options: dict, message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        make_trainer(tmp_path, **options).checkpoint_path()
+
+
+def test_load_step_that_is_absent_lists_the_steps_found(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "step-000000004.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"found steps \[4\]"):
+        make_trainer(tmp_path, load_dir=models, load_step=9).checkpoint_path()
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_usable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = make_trainer(tmp_path)
+    trainer.pipeline = torch.nn.Linear(2, 2)  # type: ignore[assignment]
+    trainer.optimizers = SimpleNamespace(optimizers={}, schedulers={})  # type: ignore[assignment]
+    trainer.save_checkpoint(3)
+    saved = trainer.checkpoint_dir / "step-000000003.ckpt"
+    before = saved.read_bytes()
+
+    def killed_while_writing(obj: object, path: Path) -> None:
+        Path(path).write_bytes(b"half a checkpo")
+        raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(torch, "save", killed_while_writing)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(6)
+    assert saved.read_bytes() == before
+    assert sorted(p.name for p in trainer.checkpoint_dir.iterdir()) == ["step-000000003.ckpt"]  # nothing half-written
+    assert torch.load(saved, map_location="cpu")["step"] == 3
+
+
+def test_non_finite_losses_never_reach_the_scene_and_stop_the_run(
+    tiny_scene: Path, tiny_prior_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipeline: PDSPipeline = tiny_pds_config(tiny_scene, tiny_prior_dir, max_nonfinite_steps=3).setup(
+        device="cpu", test_mode="val"
+    )
+    pipeline.train()
+    real_step = pipeline._pds_step
+
+    def poisoned(step: int):
+        outputs, losses, metrics = real_step(step)
+        return outputs, {**losses, "guidance_loss": losses["guidance_loss"] * float("nan")}, metrics
+
+    monkeypatch.setattr(pipeline, "_pds_step", poisoned)
+    before = {name: p.detach().clone() for name, p in pipeline.model.named_parameters()}
+    start = pipeline.schedule.start(Stage.PDS)
+    for step in (start, start + 1):
+        _, losses, _ = pipeline.get_train_loss_dict(step)
+        sum(losses.values()).backward()
+        for parameter in pipeline.model.parameters():
+            assert parameter.grad is None or torch.isfinite(parameter.grad).all()
+    torch.optim.SGD(pipeline.model.parameters(), lr=1.0).step()
+    assert all(torch.equal(before[name], p) for name, p in pipeline.model.named_parameters())
+    with pytest.raises(NonFiniteTrainingError, match="3 iterations in a row"):
+        pipeline.get_train_loss_dict(start + 2)
+
+
+def test_gradient_hooks_zero_non_finite_entries(tiny_scene: Path, tiny_prior_dir: Path) -> None:
+    pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir).setup(device="cpu", test_mode="val")
+    parameter = next(pipeline.model.field.parameters())
+    (parameter * torch.full_like(parameter, float("inf"))).sum().backward()
+    assert torch.equal(parameter.grad, torch.zeros_like(parameter))
+
+
+def _ns_train_pds(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    prompts = ["--pipeline.source-prompt", "a red sphere", "--pipeline.target-prompt", "a blue sphere"]
+    return subprocess.run(
+        [console_script("ns-train"), "pds", *prompts, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_refuses_a_run_folder_in_use_and_an_incompatible_checkpoint(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    occupied = tmp_path / tiny_scene.name / "pds" / "run"
+    occupied.mkdir(parents=True)
+    (occupied / "config.yml").write_text("an earlier run\n")
+    base = ["--data", str(tiny_scene), "--output-dir", str(tmp_path), "--pipeline.prior.model-id", str(tiny_prior_dir)]
+    result = _ns_train_pds([*base, "--timestamp", "run"], user_env, tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "already holds a run" in result.stderr.strip().splitlines()[-1]
+    assert (occupied / "config.yml").read_text() == "an earlier run\n"
+
+    foreign = tmp_path / "splat.ckpt"
+    torch.save({"step": 10, "pipeline": {"_model.gauss_params.means": torch.zeros(3, 3)}}, foreign)
+    result = _ns_train_pds([*base, "--timestamp", "other", "--load-checkpoint", str(foreign)], user_env, tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "is not a nerfacto scene checkpoint" in result.stderr.strip().splitlines()[-1]
