@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -121,6 +122,7 @@ def test_missing_image_is_a_clean_error(tmp_path: Path, user_env: dict[str, str]
 
 def _entrypoint(args: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> tuple[int, str]:
     monkeypatch.setattr(sys, "argv", ["pds-edit-image", *args])
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # the CLI sets its own; restore after
     with pytest.raises(SystemExit) as caught:
         edit_image.entrypoint()
     return caught.value.code, capsys.readouterr().err
