@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import ContextManager, Dict, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +54,10 @@ def render_view(
         chunk = flat[start : start + chunk_size]
         inputs = (model, chunk.origins, chunk.directions, chunk.pixel_area, chunk.camera_indices, chunk.metadata)
         if deferred and torch.is_grad_enabled():
-            rgb, chunk_interlevel, chunk_distortion = checkpoint(_render_rays, *inputs, use_reentrant=False)
+            contexts = functools.partial(_replay_sampler_state, getattr(model, "proposal_sampler", None))
+            rgb, chunk_interlevel, chunk_distortion = checkpoint(
+                _render_rays, *inputs, use_reentrant=False, context_fn=contexts
+            )
         else:
             rgb, chunk_interlevel, chunk_distortion = _render_rays(*inputs)
         rgb_chunks.append(rgb)
@@ -61,6 +66,30 @@ def render_view(
         distortion = distortion + share * chunk_distortion
     rgb = torch.cat(rgb_chunks).view(height, width, 3)
     return ViewRender(rgb=rgb, interlevel_loss=interlevel, distortion_loss=distortion)
+
+
+def _replay_sampler_state(sampler: object) -> Tuple[ContextManager, ContextManager]:
+    """Checkpoint contexts that re-run a chunk with the proposal sampler's state of its first run.
+
+    nerfstudio 1.1.5's ProposalNetworkSampler decides from `_steps_since_update` whether the
+    proposal networks run with gradient, and resets it when they do: a recomputation must see
+    the value of the original forward (else it saves other tensors and checkpointing fails) and
+    must leave the current value as it found it.
+    """
+    if sampler is None or not hasattr(sampler, "_steps_since_update"):
+        return contextlib.nullcontext(), contextlib.nullcontext()
+    value_at_forward = sampler._steps_since_update
+
+    @contextlib.contextmanager
+    def recompute() -> Iterator[None]:
+        current = sampler._steps_since_update
+        sampler._steps_since_update = value_at_forward
+        try:
+            yield
+        finally:
+            sampler._steps_since_update = current
+
+    return contextlib.nullcontext(), recompute()
 
 
 def _render_rays(

@@ -21,9 +21,10 @@ def scene_model(tiny_scene: Path, tiny_prior_dir: Path):
     return pipeline.model, pipeline.datamanager.train_dataset.cameras
 
 
-def _gradients(model, cameras, deferred: bool, weight: torch.Tensor):
+def _gradients(model, cameras, deferred: bool, weight: torch.Tensor, since_update: int = 0):
     model.zero_grad()
     torch.manual_seed(7)  # same jittered samples on both paths
+    model.proposal_sampler._steps_since_update = since_update
     render = render_view(model, cameras, view=3, chunk_size=300, deferred=deferred)
     loss = (render.rgb * weight).sum() + render.interlevel_loss + 0.1 * render.distortion_loss
     loss.backward()
@@ -31,11 +32,18 @@ def _gradients(model, cameras, deferred: bool, weight: torch.Tensor):
     return render.rgb.detach(), grads
 
 
-def test_deferred_backprop_gives_the_whole_graph_gradient(scene_model) -> None:
+@pytest.mark.parametrize("training_step", [0, 1000])
+def test_deferred_backprop_gives_the_whole_graph_gradient(scene_model, training_step: int) -> None:
+    # From step 10 on, nerfacto's proposal sampler runs its networks with gradient only every few
+    # calls (a counter that the first chunk resets): the recomputation must replay that state.
     model, cameras = scene_model
+    model.proposal_sampler.step_cb(training_step)
+    since_update = 10_000 if training_step else 0  # the first chunk updates, the others do not
     weight = torch.randn(32, 32, 3, generator=torch.Generator().manual_seed(0))
-    rgb_ref, reference = _gradients(model, cameras, deferred=False, weight=weight)
-    rgb_fast, deferred = _gradients(model, cameras, deferred=True, weight=weight)
+    rgb_ref, reference = _gradients(model, cameras, deferred=False, weight=weight, since_update=since_update)
+    after_reference = model.proposal_sampler._steps_since_update
+    rgb_fast, deferred = _gradients(model, cameras, deferred=True, weight=weight, since_update=since_update)
+    assert model.proposal_sampler._steps_since_update == after_reference  # left as the plain path leaves it
     assert torch.equal(rgb_ref, rgb_fast)
     assert reference.keys() == deferred.keys()
     assert any(name.startswith("field.") for name in reference) and any(n.startswith("proposal") for n in reference)
