@@ -121,3 +121,22 @@ def test_cli_refuses_a_run_folder_in_use_and_an_incompatible_checkpoint(
     result = _ns_train_pds([*base, "--timestamp", "other", "--load-checkpoint", str(foreign)], user_env, tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "is not a nerfacto scene checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_out_of_gpu_memory_stops_with_the_memory_saving_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nerfstudio.engine.trainer import Trainer
+
+    from pds_nerfstudio.stages import StageSchedule
+
+    def out_of_memory(self: Trainer, step: int) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "train_iteration", out_of_memory)
+    trainer = make_trainer(tmp_path)
+    trainer.pipeline = SimpleNamespace(schedule=StageSchedule(10, 10, 10))  # type: ignore[assignment]
+    with pytest.raises(SystemExit) as stopped:
+        trainer.train_iteration(12)
+    message = str(stopped.value)
+    assert "out of GPU memory at step 12 (pds)" in message
+    for option in ("--pipeline.render-scale", "--pipeline.render-chunk-size", "--pipeline.prior.dtype", "--load-dir"):
+        assert option in message
