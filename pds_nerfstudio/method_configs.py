@@ -36,6 +36,15 @@ def default_machine() -> MachineConfig:
     return MachineConfig(device_type="cuda" if HAS_CUDA else "cpu")
 
 
+def nerfacto_model() -> OfflineNerfactoModelConfig:
+    """Nerfacto's model settings as in nerfstudio 1.1.5's ``method_configs["nerfacto"]``."""
+    return OfflineNerfactoModelConfig(
+        eval_num_rays_per_chunk=1 << 15,
+        average_init_density=0.01,
+        camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
+    )
+
+
 def nerfacto_optimizers() -> dict:
     """Nerfacto's optimizers and schedules as in nerfstudio 1.1.5's ``method_configs["nerfacto"]``."""
     return {
@@ -68,11 +77,7 @@ pds_nerfacto_method = MethodSpecification(
                 train_num_rays_per_batch=4096,
                 eval_num_rays_per_batch=4096,
             ),
-            model=OfflineNerfactoModelConfig(
-                eval_num_rays_per_chunk=1 << 15,
-                average_init_density=0.01,
-                camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
-            ),
+            model=nerfacto_model(),
         ),
         optimizers=nerfacto_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
@@ -96,11 +101,7 @@ pds_method = MethodSpecification(
                 train_num_rays_per_batch=4096,
                 eval_num_rays_per_batch=4096,
             ),
-            model=OfflineNerfactoModelConfig(
-                eval_num_rays_per_chunk=1 << 15,
-                average_init_density=0.01,
-                camera_optimizer=CameraOptimizerConfig(mode="SO3xR3"),
-            ),
+            model=nerfacto_model(),
         ),
         optimizers=nerfacto_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),

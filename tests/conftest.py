@@ -64,6 +64,17 @@ def face_scene() -> Path:
     return FACE_SCENE
 
 
+@pytest.fixture(scope="module")
+def offline_hub():
+    """No hub access in-process: HF_HUB_OFFLINE=1, in the environment and in huggingface_hub."""
+    import huggingface_hub.constants
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised Stable Diffusion pipeline folder (loads offline)."""

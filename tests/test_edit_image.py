@@ -22,26 +22,17 @@ from pds_nerfstudio.cli.edit_image import (
     main,
     validate_config,
 )
-from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior
 from pds_nerfstudio.prior import DiffusionPriorConfig
 
 COMMAND = str(Path(sys.executable).parent / "pds-edit-image")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline_hub():
-    """No hub access from these tests: HF_HUB_OFFLINE=1, in the environment and in huggingface_hub."""
-    import huggingface_hub.constants
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 @pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny", seed=0)
+def prior_dir(tiny_prior_dir: Path) -> Path:
+    return tiny_prior_dir
 
 
 @pytest.fixture(scope="module")

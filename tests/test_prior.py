@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior
 from pds_nerfstudio.guidance import guidance_gradient, surrogate_loss
 from pds_nerfstudio.prior import (
     DiffusionPrior,
@@ -25,20 +24,12 @@ BF16_TOLERANCE = 0.05
 """Relative L2 error of the bf16 path against fp32 (measured ~0.01-0.03 on the tiny prior)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def offline_hub():
-    """No hub access from these tests: HF_HUB_OFFLINE=1, in the environment and in huggingface_hub."""
-    import huggingface_hub.constants
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_HUB_OFFLINE", "1")
-        patch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-        yield
+pytestmark = pytest.mark.usefixtures("offline_hub")
 
 
 @pytest.fixture(scope="module")
-def prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny", seed=0)
+def prior_dir(tiny_prior_dir: Path) -> Path:
+    return tiny_prior_dir
 
 
 def make_prior(prior_dir: Path, **overrides) -> DiffusionPrior:
