@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from dataclasses import dataclass
-from typing import ContextManager, Dict, Iterator, Tuple
+from typing import ContextManager, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -68,28 +68,34 @@ def render_view(
     return ViewRender(rgb=rgb, interlevel_loss=interlevel, distortion_loss=distortion)
 
 
-def _replay_sampler_state(sampler: object) -> Tuple[ContextManager, ContextManager]:
-    """Checkpoint contexts that re-run a chunk with the proposal sampler's state of its first run.
+class _ReplaySamplerState:
+    """Re-runs a chunk with the proposal sampler's state of its first run, then puts the current one back.
 
     nerfstudio 1.1.5's ProposalNetworkSampler decides from `_steps_since_update` whether the
     proposal networks run with gradient, and resets it when they do: a recomputation must see
     the value of the original forward (else it saves other tensors and checkpointing fails) and
-    must leave the current value as it found it.
+    must leave the current value as it found it. Re-entrant: each backward through the graph
+    (retain_graph) recomputes again.
     """
+
+    def __init__(self, sampler: object) -> None:
+        self.sampler = sampler
+        self.value_at_forward = sampler._steps_since_update  # type: ignore[attr-defined]
+        self.current: list[int] = []
+
+    def __enter__(self) -> None:
+        self.current.append(self.sampler._steps_since_update)  # type: ignore[attr-defined]
+        self.sampler._steps_since_update = self.value_at_forward  # type: ignore[attr-defined]
+
+    def __exit__(self, *exc: object) -> None:
+        self.sampler._steps_since_update = self.current.pop()  # type: ignore[attr-defined]
+
+
+def _replay_sampler_state(sampler: object) -> Tuple[ContextManager, ContextManager]:
+    """Checkpoint contexts (forward, recomputation) for nerfacto's proposal sampler; see _ReplaySamplerState."""
     if sampler is None or not hasattr(sampler, "_steps_since_update"):
         return contextlib.nullcontext(), contextlib.nullcontext()
-    value_at_forward = sampler._steps_since_update
-
-    @contextlib.contextmanager
-    def recompute() -> Iterator[None]:
-        current = sampler._steps_since_update
-        sampler._steps_since_update = value_at_forward
-        try:
-            yield
-        finally:
-            sampler._steps_since_update = current
-
-    return contextlib.nullcontext(), recompute()
+    return contextlib.nullcontext(), _ReplaySamplerState(sampler)
 
 
 def _render_rays(

@@ -26,8 +26,8 @@ def _gradients(model, cameras, deferred: bool, weight: torch.Tensor, since_updat
     torch.manual_seed(7)  # same jittered samples on both paths
     model.proposal_sampler._steps_since_update = since_update
     render = render_view(model, cameras, view=3, chunk_size=300, deferred=deferred)
-    loss = (render.rgb * weight).sum() + render.interlevel_loss + 0.1 * render.distortion_loss
-    loss.backward()
+    (render.rgb * weight).sum().backward(retain_graph=True)  # two backward passes, as the pipeline test does
+    (render.interlevel_loss + 0.1 * render.distortion_loss).backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
     return render.rgb.detach(), grads
 
