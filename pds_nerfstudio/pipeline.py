@@ -30,6 +30,7 @@ from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
 from pds_nerfstudio.datamanager import PDSDataManager, PDSDataManagerConfig
 from pds_nerfstudio.guidance import guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
+from pds_nerfstudio.image_io import save_png
 from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
 from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.rendering import from_prior_output, prior_size, render_view, to_prior_input
@@ -322,7 +323,7 @@ class PDSPipeline(VanillaPipeline):
         panel = torch.cat([source, render.clamp(0, 1), magnitude], dim=1)
         writer.put_image(name="PDS/source | render | gradient", image=panel, step=step)
         if self.run_dir is not None:
-            _save_png(panel, self.run_dir / "logs" / f"step-{step:09d}.png")
+            save_png(panel, self.run_dir / "logs" / f"step-{step:09d}.png")
 
     def _refine_images(self, step: int) -> None:
         """SPEC stage 2: every `sdedit_every` steps, one random training image becomes the SDEdit of its stage-1 render."""
@@ -335,15 +336,18 @@ class PDSPipeline(VanillaPipeline):
         return (step - self.schedule.start(Stage.REFINEMENT)) % self.config.sdedit_every == 0
 
     def sdedit_view(self, step: int) -> int:
-        """The training view that SDEdit step `step` replaces (the first draw of that step's generator)."""
+        """The training view that SDEdit step `step` replaces."""
+        return self._sdedit_draw(step)[0]
+
+    def _sdedit_draw(self, step: int) -> Tuple[int, torch.Generator]:
+        """The view of SDEdit step `step` (first draw of its generator) and the generator, for its later draws."""
         generator = step_generator(self.config.seed, step, 1)
-        return int(torch.randint(self.datamanager.num_train_images, (), generator=generator))
+        return int(torch.randint(self.datamanager.num_train_images, (), generator=generator)), generator
 
     def _replace_with_sdedit(self, step: int) -> None:
         """Replaces the training image of `sdedit_view(step)`; a function of the step, the renders and the options."""
         config = self.config
-        generator = step_generator(config.seed, step, 1)
-        view = int(torch.randint(self.datamanager.num_train_images, (), generator=generator))
+        view, generator = self._sdedit_draw(step)
         assert self.stage1_renders is not None
         source = self.stage1_renders[view].to(self.device)
         height, width = source.shape[:2]
@@ -415,7 +419,7 @@ class PDSPipeline(VanillaPipeline):
     def _write_renders(self, renders: Tensor, stage: Stage) -> None:
         if self.run_dir is not None:
             for image, path in zip(renders, self._render_paths(self.run_dir, stage)):
-                _save_png(image, path)
+                save_png(image, path)
 
     def _read_renders(self, run_dir: Path, stage: Stage) -> Optional[Tensor]:
         paths = self._render_paths(run_dir, stage)
@@ -439,8 +443,3 @@ class PDSPipeline(VanillaPipeline):
         if stage is Stage.PDS:
             self.stage1_renders = renders
 
-
-def _save_png(image: Float[Tensor, "height width 3"], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    Image.fromarray(array).save(path)

@@ -86,7 +86,7 @@ class PDSTrainer(Trainer):
         self.pipeline.run_dir = self.base_dir
         path = self.checkpoint_path()
         if path is not None:
-            state = torch.load(path, map_location="cpu")
+            state = torch.load(path, map_location="cpu", mmap=True)  # mapped: reading which method wrote it is cheap
             if PDS_MARKER in state.get("pipeline", {}):
                 super()._load_checkpoint()
                 restored = self.pipeline.restore_edits(self._start_step, previous_run=path.parent.parent)

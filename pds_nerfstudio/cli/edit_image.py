@@ -37,6 +37,7 @@ from torch import Tensor
 
 from pds_nerfstudio.guidance import guidance_gradient, sdedit, surrogate_loss
 from pds_nerfstudio.guidance.timesteps import subset_index_range
+from pds_nerfstudio.image_io import save_png
 from pds_nerfstudio.prior import (
     DiffusionPrior,
     DiffusionPriorConfig,
@@ -175,10 +176,6 @@ def fit_image(
     return image[:, top : top + crop_h, left : left + crop_w].clamp(0, 1)
 
 
-def save_png(image: Float[Tensor, "3 height width"], path: Path) -> None:
-    array = (image.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
-    Image.fromarray(array).save(path)
-
 
 # ----------------------------------------------------------------------- edit
 
@@ -279,8 +276,8 @@ def main(config: EditImageConfig) -> Path:
     result = prior.decode(latent)[0].cpu()
 
     result_path = config.output_dir / RESULT_NAME
-    save_png(result, result_path)
-    save_png(torch.cat([source, result], dim=-1), config.output_dir / SIDE_BY_SIDE_NAME)
+    save_png(result.permute(1, 2, 0), result_path)
+    save_png(torch.cat([source, result], dim=-1).permute(1, 2, 0), config.output_dir / SIDE_BY_SIDE_NAME)
     return result_path
 
 
