@@ -102,6 +102,7 @@ pds_method = MethodSpecification(
                 eval_num_rays_per_batch=4096,
             ),
             model=nerfacto_model(),
+            fast_encoding="compile" if HAS_CUDA else "off",
         ),
         optimizers=nerfacto_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),

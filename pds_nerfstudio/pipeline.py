@@ -29,6 +29,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
 from pds_nerfstudio.datamanager import PDSDataManager, PDSDataManagerConfig
+from pds_nerfstudio.fast_encoding import FastEncoding, accelerate_hash_encodings
 from pds_nerfstudio.guidance import guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
 from pds_nerfstudio.image_io import save_png
 from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
@@ -84,6 +85,12 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     deferred_backprop: bool = True
     """Stage 1 keeps no render graph and re-renders chunk by chunk in back-propagation: same gradient,
     memory of one chunk. False keeps every chunk's graph (the authors' way; the plain reference)."""
+    fast_encoding: FastEncoding = "off"
+    """Hash encoding of nerfacto's field and proposal networks when tiny-cuda-nn is absent. compile: nerfstudio's
+    torch encoding under torch.compile (fused kernels, same values and gradients; compiled on first use, the
+    plain encoding, warned, if that fails). off: as nerfstudio ships it. `ns-train pds` sets compile where
+    CUDA is available, else off: on CPU the first use compiles for about half a minute per encoding shape,
+    more than short CPU runs gain."""
     pds_loss_mult: float = 1.0
     """Weight of the guidance loss against nerfacto's proposal losses in stage 1."""
     sdedit_every: int = 10
@@ -164,6 +171,7 @@ class PDSPipeline(VanillaPipeline):
         if test_mode == "val":  # training: refuse bad options before the scene loads
             config.validate()
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
+        accelerate_hash_encodings(self.model, config.fast_encoding)
         self.schedule = config.stage_schedule()
         lengths = torch.tensor([self.schedule.reconstruction, self.schedule.pds, self.schedule.refinement])
         self.register_buffer(PDS_MARKER, lengths)

@@ -2,11 +2,12 @@
 
 Steps, each the command a user would type (printed before it runs):
 
-1. `python scripts/make_scene.py`: a procedural scene (a red sphere and a blue cube, 24 views of 64x64).
+1. `python scripts/make_scene.py`: a procedural scene (a red sphere, 24 views of 64x64).
 2. `ns-train pds`: one run through all stages on that scene, "a red sphere" -> "a blue sphere":
    stage 0 reconstructs it with nerfacto, stage 1 edits it with PDS, stage 2 refines it with SDEdit.
-   The prior is the embedded tiny Stable Diffusion (random weights, cached under ~/.cache), so the
-   demo shows the machinery working end to end, not a meaningful edit.
+   The prior is the toy Stable Diffusion embedded in the package (pds_nerfstudio/assets/toy_prior,
+   trained here on procedural renders of 12 colours x 3 shapes by scripts/train_toy_prior.py), so the
+   sphere really turns blue.
 3. `ns-render interpolate --pose-source train`: a video of the edited scene.
 
 Small sizes on CPU (about 6 minutes on 2 cores, one torch thread per command); larger ones when
@@ -26,10 +27,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-OBJECTS = ("red sphere", "blue cube")
+OBJECTS = ("red sphere",)
 SCENE_SIZE = 64
 NUM_VIEWS = 24
 SOURCE_PROMPT = "a red sphere"
@@ -52,24 +55,19 @@ class Sizes:
 CPU_SIZES = Sizes(
     reconstruction=400, pds=40, refinement=100, interpolation_steps=2,
     options=(
-        "--pipeline.datamanager.train-num-rays-per-batch", "512",
-        "--pipeline.model.eval-num-rays-per-chunk", "4096",
-        "--pipeline.model.num-nerf-samples-per-ray", "24",
-        "--pipeline.model.num-proposal-samples-per-ray", "32", "16",
-        "--pipeline.model.hidden-dim", "32",
-        "--pipeline.model.log2-hashmap-size", "15",
+        *CPU_NERFACTO_OPTIONS,
         "--pipeline.render-scale", "0.5",        # stage 1 renders 32x32 (resized to 64x64 for the prior): 4x fewer rays
     ),
 )
 GPU_SIZES = Sizes(reconstruction=3000, pds=300, refinement=600, interpolation_steps=8, options=())
 COMMON_OPTIONS = (
-    "--pipeline.prior.dtype", "fp32",          # the tiny prior is cheap in fp32 (fp16 is for real weights on a GPU)
-    "--pipeline.guidance-scale", "10",         # random prior: at the default 100 stage 1 floods every view with
-                                               # one flat colour that stage 2 cannot undo in 100 steps
+    "--pipeline.prior.dtype", "fp32",          # the toy prior is cheap in fp32 (fp16 is for real weights on a GPU)
+    "--pipeline.guidance-scale", "15",         # the toy prior's captions are few and exact: it needs far less
+                                               # guidance than SD's 100 (scripts/fidelity.py uses the same)
+    "--pipeline.sdedit-guidance-scale", "5",
     "--pipeline.change-view-every", "2",       # few stage-1 steps: visit many views
     "--pipeline.log-every", "5",               # stage-1 logging images: source | render | gradient magnitude
-    "--steps-per-eval-image", "1000000", "--steps-per-eval-batch", "1000000",
-    "--steps-per-eval-all-images", "1000000",
+    *NO_EVALUATION_OPTIONS,
     "--vis", "tensorboard",                    # no viewer: the demo runs unattended
 )
 # fmt: on
@@ -229,7 +227,7 @@ def summary(layout: Layout, prior_dir: Path, gpu: bool, durations: dict[str, flo
 ================================================================ demo done ({"GPU" if gpu else "CPU"})
 took:        {timing}
 scene:       {layout.scene}/  (images/ are the edit's source views; masks/, depth/, scene.json)
-prior:       {prior_dir}/  (tiny Stable Diffusion, random weights)
+prior:       {prior_dir}/  (the toy Stable Diffusion trained on procedural renders)
 run folder:  {run_dir}/
 config.yml:  {layout.config}
 checkpoint:  {run_dir / "nerfstudio_models"}/  ({_count(run_dir / "nerfstudio_models", "*.ckpt")})
@@ -240,8 +238,8 @@ logs:        {run_dir / "logs"}/  ({_count(run_dir / "logs")}: stage 1's source 
 video:       {video}
 look around: ns-viewer --load-config {layout.config}
 
-With the tiny random prior this shows the machinery working end to end (three stages in one run,
-checkpoint, renders, video), not a meaningful edit.
+Compare {run_dir / "renders" / "reconstruction"}/ with {run_dir / "renders" / "refinement"}/: the sphere
+is blue, the ground, sky and shape as they were. scripts/fidelity.py measures this against SDS and DDS.
 
 The same edit with real Stable Diffusion weights on a GPU:
 {real_weights_commands()}
@@ -264,12 +262,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.monotonic()
     import torch
 
-    from pds_nerfstudio.fixtures.tiny_prior import default_prior_dir
+    from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
 
     gpu = torch.cuda.is_available()
     sizes = sizes_for(gpu)
     layout = Layout(readable(new_output_root(args.output_root.absolute(), create=not args.dry_run)))
-    prior_dir = default_prior_dir()
+    prior_dir = embedded_toy_prior_dir()
     print(f"demo: {'GPU' if gpu else 'CPU'} sizes; outputs in {layout.root}; embedded prior {prior_dir}")
     print(f"demo: stages of {sizes.reconstruction} + {sizes.pds} + {sizes.refinement} iterations "
           f"(reconstruction + PDS + refinement), {SOURCE_PROMPT!r} -> {TARGET_PROMPT!r}")  # fmt: skip

@@ -116,3 +116,29 @@ def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
         prior=DiffusionPriorConfig(model_id=str(prior_dir), dtype="fp32", device="cpu"),
         **options,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialised CLIP (transformers CLIPModel, tokenizer, image processor) folder."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    from pds_nerfstudio.fixtures.tiny_prior import _learn_merges, tokenizer_vocab
+
+    folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
+    vocab = tokenizer_vocab()
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, eos_token_id=vocab["<|endoftext|>"],
+                         bos_token_id=vocab["<|startoftext|>"], pad_token_id=vocab["<|endoftext|>"]),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                           num_attention_heads=4),
+        projection_dim=16,
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        CLIPModel(config).save_pretrained(folder)
+    CLIPTokenizer(vocab=dict(vocab), merges=list(_learn_merges()), model_max_length=77).save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    return folder

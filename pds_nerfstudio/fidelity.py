@@ -1,0 +1,178 @@
+"""Measures of an edit of a procedural scene, whose right answer is known (plain numpy; no nerfstudio).
+
+A procedural scene (:mod:`pds_nerfstudio.fixtures.procedural_scene`) is Lambertian: every object pixel is its
+albedo times a grey shading factor, ``image = albedo * s``. The source view and the source albedo (``scene.json``)
+give ``s`` per pixel, so an edited render divided by ``s`` estimates the edited albedo, whatever the light. The
+nearest palette colour of that estimate is the view's colour. (Hue alone would do for chromatic colours, since
+shading scales all three channels alike, but it cannot tell white, grey and black apart; dividing out the known
+shading can.)
+
+Identity is measured against the source reconstruction (the NeRF the edit started from), so that reconstruction
+error is not counted against the edit:
+
+- depth error: mean |depth_edit - depth_source| over pixels that see the ground or an object, relative to the
+  scene extent (the half-size of the ground square, also the cameras' distance to their target);
+- background PSNR: over pixels outside the object mask;
+- silhouette IoU: a pixel belongs to the object's silhouette when its depth is in front of the background (the
+  ground, or the far side of the sphere around the objects) by more than 2% of the extent. The reference is the
+  same rule applied to the ground-truth depth.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from dataclasses import dataclass
+
+import numpy as np
+from jaxtyping import Bool, Float
+
+from pds_nerfstudio.fixtures.procedural_scene import PALETTE
+
+SILHOUETTE_MARGIN = 0.02
+"""Fraction of the scene extent by which a surface must be in front of the background to count as object."""
+MIN_OBJECT_PIXELS = 12
+"""A view whose (eroded) object mask is smaller than this is left out of attribute success."""
+
+
+@dataclass(frozen=True)
+class SceneGeometry:
+    """What the measures need from ``scene.json`` and ``transforms.json`` (world units)."""
+
+    extent: float
+    """Half-size of the ground square; the cameras' distance to their target."""
+    content_centre: np.ndarray
+    """Centre of the sphere that holds every object."""
+    content_radius: float
+
+
+def nearest_colour(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, float, float]] = PALETTE) -> str:
+    """The palette colour nearest to ``rgb`` (Euclidean in linear RGB)."""
+    names = list(colours)
+    distances = np.linalg.norm(np.asarray([colours[n] for n in names]) - np.asarray(rgb)[None], axis=1)
+    return names[int(distances.argmin())]
+
+
+def erode(mask: Bool[np.ndarray, "h w"], pixels: int = 1) -> Bool[np.ndarray, "h w"]:
+    """Binary erosion by a 3x3 square, ``pixels`` times (drops the edge pixels where colours blend)."""
+    out = mask.copy()
+    for _ in range(pixels):
+        padded = np.pad(out, 1, constant_values=False)
+        out = np.logical_and.reduce(
+            [padded[1 + dy : 1 + dy + mask.shape[0], 1 + dx : 1 + dx + mask.shape[1]]
+             for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # fmt: skip
+        )
+    return out
+
+
+def estimated_albedo(
+    edited: Float[np.ndarray, "h w 3"],
+    source: Float[np.ndarray, "h w 3"],
+    source_albedo: tuple[float, float, float],
+    mask: Bool[np.ndarray, "h w"],
+) -> Float[np.ndarray, "3"] | None:
+    """Median over ``mask`` of ``edited / s``, where ``s`` is the source view's shading (least squares per pixel).
+
+    Returns None when fewer than :data:`MIN_OBJECT_PIXELS` pixels have usable shading.
+    """
+    albedo = np.asarray(source_albedo, dtype=np.float64)
+    shading = source[mask] @ albedo / float(albedo @ albedo)
+    usable = shading > 0.05
+    if usable.sum() < MIN_OBJECT_PIXELS:
+        return None
+    return np.median(edited[mask][usable] / shading[usable, None], axis=0)
+
+
+def psnr(a: Float[np.ndarray, "... 3"], b: Float[np.ndarray, "... 3"], mask: Bool[np.ndarray, "..."]) -> float:
+    """PSNR in dB of images in [0, 1] over the pixels of ``mask`` (inf when identical)."""
+    mse = float(np.mean((a[mask] - b[mask]) ** 2)) if mask.any() else 0.0
+    return math.inf if mse == 0 else 10 * math.log10(1.0 / mse)
+
+
+def iou(a: Bool[np.ndarray, "h w"], b: Bool[np.ndarray, "h w"]) -> float:
+    """Intersection over union (1 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def pixel_rays(
+    camera_to_world: Float[np.ndarray, "4 4"], focal: float, cx: float, cy: float, width: int, height: int
+) -> tuple[Float[np.ndarray, "3"], Float[np.ndarray, "h w 3"]]:
+    """Origin and unit directions through the pixel centres of an OpenGL camera (nerfstudio's convention)."""
+    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
+    local = np.stack([(u - cx) / focal, -(v - cy) / focal, -np.ones_like(u)], axis=-1)
+    dirs = local @ camera_to_world[:3, :3].T
+    return camera_to_world[:3, 3], dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
+
+
+def background_distance(
+    origin: Float[np.ndarray, "3"], dirs: Float[np.ndarray, "h w 3"], geometry: SceneGeometry
+) -> Float[np.ndarray, "h w"]:
+    """Ray distance beyond which a surface is background: the ground plane z = 0 inside its square, or the far
+    side of the objects' sphere, whichever is nearer; 0 (never object) where the ray misses that sphere."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ground = -origin[2] / dirs[..., 2]
+    hit = origin[None, None, :2] + np.nan_to_num(ground, posinf=0.0, neginf=0.0)[..., None] * dirs[..., :2]
+    inside = (np.abs(hit) <= geometry.extent).all(-1) & (dirs[..., 2] < 0) & (ground > 0)
+    ground = np.where(inside, ground, np.inf)
+    offset = origin - geometry.content_centre
+    b = dirs @ offset
+    disc = b**2 - (offset @ offset - geometry.content_radius**2)
+    far = -b + np.sqrt(np.clip(disc, 0.0, None))
+    return np.where(disc > 0, np.minimum(ground, far), 0.0)
+
+
+def silhouette(
+    ray_depth: Float[np.ndarray, "h w"], background: Float[np.ndarray, "h w"], extent: float
+) -> Bool[np.ndarray, "h w"]:
+    """Pixels whose surface is in front of the background by more than ``SILHOUETTE_MARGIN * extent``."""
+    return ray_depth < background - SILHOUETTE_MARGIN * extent
+
+
+def depth_error(
+    a: Float[np.ndarray, "h w"], b: Float[np.ndarray, "h w"], valid: Bool[np.ndarray, "h w"], extent: float
+) -> float:
+    """Mean |a - b| over ``valid`` pixels, as a fraction of ``extent``."""
+    return float(np.mean(np.abs(a[valid] - b[valid])) / extent) if valid.any() else 0.0
+
+
+def z_to_ray_depth(z_depth: Float[np.ndarray, "h w"], dirs: Float[np.ndarray, "h w 3"],
+                   camera_to_world: Float[np.ndarray, "4 4"]) -> Float[np.ndarray, "h w"]:  # fmt: skip
+    """Distance along each unit ray of a z-depth (distance along the camera's viewing axis)."""
+    forward = -camera_to_world[:3, 2]
+    return z_depth / (dirs @ forward)
+
+
+def clip_directional_similarity(
+    model_dir: str | Path,
+    source_images: Float[np.ndarray, "views h w 3"],
+    edited_images: Float[np.ndarray, "views h w 3"],
+    source_prompt: str,
+    target_prompt: str,
+) -> float:
+    """Mean over views of cos(E_img(edited) - E_img(source), E_txt(target) - E_txt(source)), with the CLIP model
+    in ``model_dir`` (a transformers CLIPModel folder with its tokenizer and image processor)."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir)
+    processor = CLIPImageProcessor.from_pretrained(model_dir)
+
+    def image_features(images: np.ndarray) -> torch.Tensor:
+        pixels = processor(images=list(np.round(np.clip(images, 0, 1) * 255).astype(np.uint8)), return_tensors="pt")
+        return _features(model.get_image_features(pixel_values=pixels.pixel_values))
+
+    with torch.no_grad():
+        tokens = tokenizer([source_prompt, target_prompt], padding=True, return_tensors="pt")
+        text = _features(model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask))
+        image_direction = image_features(edited_images) - image_features(source_images)
+        text_direction = text[1] - text[0]
+        cosine = torch.nn.functional.cosine_similarity(image_direction, text_direction[None], dim=-1)
+    return float(cosine.mean())
+
+
+def _features(output) -> "torch.Tensor":  # noqa: F821
+    """Normalised embeddings; transformers >= 5 may return a model output instead of a tensor."""
+    embeds = output if hasattr(output, "norm") else output.pooler_output
+    return embeds / embeds.norm(dim=-1, keepdim=True)

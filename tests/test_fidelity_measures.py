@@ -1,0 +1,102 @@
+"""The fidelity measures on procedural scenes whose answer is known: each one reads the truth from real renders."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pds_nerfstudio import fidelity as fm
+from pds_nerfstudio.fixtures.procedural_scene import PALETTE, make_scene
+
+COLOURS = ("red", "blue", "green", "yellow", "white", "black", "gray", "pink")
+
+
+def _views(scene: Path) -> list[dict]:
+    meta = json.loads((scene / "transforms.json").read_text())
+    views = []
+    for frame in meta["frames"]:
+        name = Path(frame["file_path"]).stem
+        pose = np.asarray(frame["transform_matrix"])
+        origin, dirs = fm.pixel_rays(pose, meta["fl_x"], meta["cx"], meta["cy"], meta["w"], meta["h"])
+        views.append({
+            "image": np.asarray(Image.open(scene / "images" / f"{name}.png"), dtype=np.float64) / 255,
+            "mask": np.asarray(Image.open(scene / "masks" / f"{name}.png")) > 0,
+            "depth": fm.z_to_ray_depth(np.load(scene / "depth" / f"{name}.npy"), dirs, pose),
+            "origin": origin,
+            "dirs": dirs,
+        })  # fmt: skip
+    return views
+
+
+@pytest.fixture(scope="module")
+def recoloured(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same layout (seed) of a cube, rendered in several colours: identical shading, only albedo differs."""
+    root = tmp_path_factory.mktemp("recoloured")
+    return {c: make_scene(root / c, size=48, num_views=6, objects=(f"{c} cube",), seed=3).out_dir for c in COLOURS}
+
+
+def test_estimated_albedo_reads_every_colour_of_a_real_render(recoloured: dict[str, Path]) -> None:
+    source = _views(recoloured["red"])
+    for colour in COLOURS:
+        for src, edited in zip(source, _views(recoloured[colour]), strict=True):
+            estimate = fm.estimated_albedo(edited["image"], src["image"], PALETTE["red"], fm.erode(src["mask"]))
+            assert estimate is not None
+            assert fm.nearest_colour(estimate) == colour
+            np.testing.assert_allclose(estimate, PALETTE[colour], atol=0.05)  # 8-bit quantisation, soft edges
+
+
+def test_estimated_albedo_is_exact_for_a_lambertian_pixel_model() -> None:
+    rng = np.random.default_rng(0)
+    shading = rng.uniform(0.35, 1.0, (8, 8))
+    source = shading[..., None] * np.asarray(PALETTE["orange"])
+    edited = shading[..., None] * np.asarray(PALETTE["purple"])
+    estimate = fm.estimated_albedo(edited, source, PALETTE["orange"], np.ones((8, 8), bool))
+    np.testing.assert_allclose(estimate, PALETTE["purple"], rtol=1e-12)
+    assert fm.estimated_albedo(edited, source, PALETTE["orange"], np.zeros((8, 8), bool)) is None
+
+
+def test_silhouette_of_ground_truth_depth_matches_the_object_masks(recoloured: dict[str, Path]) -> None:
+    scene = recoloured["red"]
+    info = json.loads((scene / "scene.json").read_text())
+    obj = info["objects"][0]
+    geometry = fm.SceneGeometry(info["extent"], np.asarray(obj["centre"]), obj["size"] * math.sqrt(3) * 1.05)
+    for view in _views(scene):
+        background = fm.background_distance(view["origin"], view["dirs"], geometry)
+        outline = fm.silhouette(view["depth"], background, geometry.extent)
+        assert fm.iou(outline, view["mask"]) > 0.85  # only the contact with the ground is lost to the margin
+        assert not outline[~np.isfinite(view["depth"])].any()  # sky is never object
+
+
+def test_psnr_iou_and_depth_error() -> None:
+    a = np.zeros((4, 4, 3))
+    b = a + 0.1
+    everywhere = np.ones((4, 4), bool)
+    assert fm.psnr(a, b, everywhere) == pytest.approx(20.0)
+    assert fm.psnr(a, a, everywhere) == math.inf
+    half = np.zeros((4, 4), bool)
+    half[:2] = True
+    assert fm.iou(half, everywhere) == 0.5 and fm.iou(~everywhere, ~everywhere) == 1.0
+    assert fm.depth_error(np.full((4, 4), 2.0), np.full((4, 4), 1.5), half, extent=5.0) == pytest.approx(0.1)
+
+
+def test_erode_drops_the_border() -> None:
+    mask = np.zeros((5, 5), bool)
+    mask[1:4, 1:4] = True
+    eroded = fm.erode(mask)
+    assert eroded.sum() == 1 and eroded[2, 2]
+
+
+def test_clip_directional_similarity_with_a_tiny_random_clip(tiny_clip_dir: Path) -> None:
+    rng = np.random.default_rng(0)
+    source, edited = rng.uniform(size=(2, 3, 32, 32, 3))
+    forward = fm.clip_directional_similarity(tiny_clip_dir, source, edited, "a red sphere", "a blue sphere")
+    backward = fm.clip_directional_similarity(tiny_clip_dir, edited, source, "a red sphere", "a blue sphere")
+    swapped = fm.clip_directional_similarity(tiny_clip_dir, source, edited, "a blue sphere", "a red sphere")
+    assert -1 <= forward <= 1 and forward != 0
+    assert backward == pytest.approx(-forward, abs=1e-5) and swapped == pytest.approx(-forward, abs=1e-5)
+    assert fm.clip_directional_similarity(tiny_clip_dir, source, source, "a red sphere", "a blue sphere") == 0
