@@ -53,7 +53,7 @@ class Sizes:
 
 # fmt: off
 CPU_SIZES = Sizes(
-    reconstruction=400, pds=40, refinement=100, interpolation_steps=2,
+    reconstruction=600, pds=100, refinement=50, interpolation_steps=2,
     options=(
         *CPU_NERFACTO_OPTIONS,
         "--pipeline.render-scale", "0.5",        # stage 1 renders 32x32 (resized to 64x64 for the prior): 4x fewer rays
@@ -62,10 +62,10 @@ CPU_SIZES = Sizes(
 GPU_SIZES = Sizes(reconstruction=3000, pds=300, refinement=600, interpolation_steps=8, options=())
 COMMON_OPTIONS = (
     "--pipeline.prior.dtype", "fp32",          # the toy prior is cheap in fp32 (fp16 is for real weights on a GPU)
-    "--pipeline.guidance-scale", "15",         # the toy prior's captions are few and exact: it needs far less
-                                               # guidance than SD's 100 (scripts/fidelity.py uses the same)
-    "--pipeline.sdedit-guidance-scale", "5",
-    "--pipeline.change-view-every", "2",       # few stage-1 steps: visit many views
+    "--pipeline.guidance-scale", "30",         # the toy prior needs less guidance than SD's 100 (2D edits of its
+                                               # renders: 7.5 barely edits, 30 to 100 do); scripts/fidelity.py: 30
+    "--pipeline.sdedit-guidance-scale", "7.5",
+    "--pipeline.change-view-every", "5",       # few stage-1 steps: visit many views
     "--pipeline.log-every", "5",               # stage-1 logging images: source | render | gradient magnitude
     *NO_EVALUATION_OPTIONS,
     "--vis", "tensorboard",                    # no viewer: the demo runs unattended

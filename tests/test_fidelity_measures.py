@@ -81,7 +81,10 @@ def test_psnr_iou_and_depth_error() -> None:
     half = np.zeros((4, 4), bool)
     half[:2] = True
     assert fm.iou(half, everywhere) == 0.5 and fm.iou(~everywhere, ~everywhere) == 1.0
-    assert fm.depth_error(np.full((4, 4), 2.0), np.full((4, 4), 1.5), half, extent=5.0) == pytest.approx(0.1)
+    assert fm.depth_error(np.full((4, 4), 2.0), np.full((4, 4), 1.5), half, extent=5.0) == pytest.approx((0.1, 1.0))
+    transparent = np.full((4, 4), 1.5)
+    transparent[0, 0] = 1000.0  # a pixel gone to the far plane moves the median by nothing
+    assert fm.depth_error(transparent, np.full((4, 4), 1.5), everywhere, extent=5.0) == pytest.approx((0.0, 1 / 16))
 
 
 def test_erode_drops_the_border() -> None:
