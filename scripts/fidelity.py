@@ -80,6 +80,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--clip-model", type=Path, default=None, help="CLIP folder for directional similarity")
     parser.add_argument("--views-in-image", type=int, default=4, help="rows of side_by_side.png")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="measure the runs already in OUT_DIR (of an earlier call with the same options) again")
     return parser.parse_args(argv)
 
 
@@ -203,7 +205,7 @@ def measure(name, colours, depths, source, views, geometry, albedo, source_colou
     for i, view in enumerate(views):
         estimate = fm.estimated_albedo(colours[i], view["image"], albedo, fm.erode(view["mask"]))
         read.append("" if estimate is None else fm.nearest_colour(estimate))
-        valid = np.isfinite(view["depth"])
+        valid = fm.erode(view["mask"])  # see pds_nerfstudio/fidelity.py: the ground has no reliable NeRF depth
         error, outlier = fm.depth_error(depths[i], source[1][i], valid, geometry.extent)
         errors.append(error)
         outliers.append(outlier)
@@ -227,8 +229,8 @@ def measure(name, colours, depths, source, views, geometry, albedo, source_colou
 
 def table(rows: list[Measures], reference: Measures, prompts: tuple[str, str]) -> str:
     clip = any(r.clip_directional is not None for r in rows)
-    head = ["scene", "reads as target colour", "keeps source colour", "median depth error (% of extent)",
-            "depth moved > 5% of extent (pixels)",
+    head = ["scene", "reads as target colour", "keeps source colour", "object depth error (median, % of extent)",
+            "object pixels whose depth moved > 5% of extent",
             "background PSNR (dB)", "silhouette IoU"] + (["CLIP directional similarity"] if clip else [])  # fmt: skip
     lines = [f"Edit {prompts[0]!r} -> {prompts[1]!r}; identity measured against the source reconstruction.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
@@ -282,7 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.clip_model is not None and not (args.clip_model / "config.json").is_file():
             raise ValueError(f"--clip-model {args.clip_model} is not a CLIP folder (no config.json)")
         out = args.out_dir.absolute()
-        if out.exists() and any(out.iterdir()):
+        if args.measure_only and not (out / "runs").is_dir():
+            raise FileNotFoundError(f"--measure-only: {out} holds no runs of an earlier call")
+        if not args.measure_only and out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} is not empty: give a new folder (results are never overwritten)")
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"fidelity: error: {err}", file=sys.stderr)
@@ -290,13 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = (caption(source_colour, shape), caption(target_colour, shape))
     scene, runs, logs = out / "scene", out / "runs", out / "logs"
     started = time.monotonic()
-    if not args.dry_run:
-        logs.mkdir(parents=True)
-        make_scene(scene, size=args.size, num_views=args.num_views, objects=(args.source,), seed=args.seed)
     print(f"fidelity: {prompts[0]!r} -> {prompts[1]!r}, prior {prior}, methods {', '.join(args.methods)}")
-    run(reconstruction_command(args, scene, runs), args.dry_run, logs / "reconstruction.log")
-    for method in args.methods:
-        run(edit_command(args, method, prompts, prior, scene, runs), args.dry_run, logs / f"{method}.log")
+    if not args.measure_only:
+        if not args.dry_run:
+            logs.mkdir(parents=True)
+            make_scene(scene, size=args.size, num_views=args.num_views, objects=(args.source,), seed=args.seed)
+        run(reconstruction_command(args, scene, runs), args.dry_run, logs / "reconstruction.log")
+        for method in args.methods:
+            run(edit_command(args, method, prompts, prior, scene, runs), args.dry_run, logs / f"{method}.log")
     if args.dry_run:
         return 0
 

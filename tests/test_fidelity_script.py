@@ -47,6 +47,12 @@ def test_fidelity_runs_every_method_and_reports(user_env: dict[str, str], tiny_c
         config = out / "runs" / "scene" / "pds" / method / "config.yml"
         assert f"method: {method}" in config.read_text()
 
+    again = _fidelity([str(out), *tiny, "--source", "green cube", "--target", "pink cube", "--measure-only"], user_env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "$ ns-train" not in again.stdout  # nothing trained again
+    measured = json.loads((out / "fidelity.json").read_text())["rows"]
+    assert [(r["name"], r["colours"]) for r in measured] == [(r["name"], r["colours"]) for r in report["rows"]]
+
 
 def test_fidelity_dry_run_prints_the_commands(user_env: dict[str, str], tmp_path: Path) -> None:
     result = _fidelity([str(tmp_path / "out"), "--dry-run", "--methods", "pds"], user_env, timeout=120)
@@ -63,6 +69,7 @@ def test_fidelity_dry_run_prints_the_commands(user_env: dict[str, str], tmp_path
         (["--source", "mauve sphere"], "unknown colour 'mauve'"),
         (["--clip-model", "/nonexistent"], "is not a CLIP folder"),
         (["--prior", "/nonexistent/prior"], "--prior /nonexistent/prior is not a Stable Diffusion folder"),
+        (["--measure-only"], "holds no runs of an earlier call"),
     ],
 )
 def test_fidelity_refuses_bad_input(user_env: dict[str, str], tmp_path: Path, args: list[str], message: str) -> None:
