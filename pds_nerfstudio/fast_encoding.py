@@ -1,9 +1,10 @@
-"""A fast multiresolution hash encoding: nerfstudio's own torch encoding under ``torch.compile``.
+"""Fast multiresolution hash encodings: nerfstudio's own torch encoding under ``torch.compile``, or fused Triton kernels.
 
 Without tiny-cuda-nn, nerfstudio 1.1.5's ``HashEncoding.forward`` runs ``pytorch_fwd``: dozens
 of small eager kernels per call, forward and backward. Compiled, the same maths runs as a few
-fused kernels. ``pytorch_fwd`` itself is left as it is: the plain reference that tests hold the
-compiled path to, and the path taken when compiling fails.
+fused kernels; :mod:`pds_nerfstudio.triton_hash_encoding` writes it as one kernel each way.
+``pytorch_fwd`` itself is left as it is: the plain reference that tests hold both fast paths
+to, and the path taken when a fast one cannot be built.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from torch import Tensor
 
 from nerfstudio.field_components.encodings import HashEncoding
 
-FastEncoding = Literal["off", "compile"]
+from pds_nerfstudio.triton_hash_encoding import build_kernels, hash_encode
+
+FastEncoding = Literal["off", "compile", "triton"]
+MODES = ("off", "compile", "triton")
 
 
 class CompiledHashForward:
@@ -56,19 +60,59 @@ class CompiledHashForward:
         return {**self.__dict__, "_compiled": None}
 
 
-def accelerate_hash_encodings(model: torch.nn.Module, mode: FastEncoding) -> int:
-    """Makes every torch ``HashEncoding`` of `model` (tiny-cuda-nn ones are left) run compiled; returns how many.
+class TritonHashForward:
+    """``encoding.pytorch_fwd`` as the fused Triton kernels of :func:`hash_encode`; set as the encoding's ``forward``.
 
-    "off" changes nothing. Parameters, buffers and state_dict keys are untouched.
+    Where Triton is missing or its first kernel build fails (no CUDA driver it can use), warns once
+    and leaves this encoding on the plain path. On CPU tensors the kernels run in Triton's
+    interpreter: exact, and slower than the plain path (warned once); meant for tests.
     """
-    if mode not in ("off", "compile"):
-        raise ValueError(f"--pipeline.fast-encoding must be off or compile, got {mode!r}")
+
+    def __init__(self, encoding: HashEncoding) -> None:
+        self.encoding = encoding
+        self.failed = False
+        self.built = False
+
+    def __call__(self, in_tensor: Float[Tensor, "*bs 3"]) -> Float[Tensor, "*bs output_dim"]:
+        if self.failed:
+            return self.encoding.pytorch_fwd(in_tensor)
+        encoding = self.encoding
+        if self.built:
+            return hash_encode(in_tensor, encoding.hash_table, encoding.scalings)
+        if in_tensor.device.type != "cuda":
+            warnings.warn(
+                "--pipeline.fast-encoding triton on CPU runs Triton's interpreter (exact, slower than off)", stacklevel=2
+            )
+        try:  # the first call imports Triton and builds both kernels
+            build_kernels(encoding.hash_table, encoding.scalings)
+            values = hash_encode(in_tensor, encoding.hash_table, encoding.scalings)
+        except Exception as error:  # ImportError, triton.CompilationError, no usable driver: all mean "cannot"
+            self.failed = True
+            warnings.warn(
+                f"The Triton hash encoding is unavailable; using nerfstudio's plain encoding (same values, slower); "
+                f"set --pipeline.fast-encoding compile or off to skip the attempt: {type(error).__name__}: {error}",
+                stacklevel=2,
+            )
+            return encoding.pytorch_fwd(in_tensor)
+        self.built = True
+        return values
+
+
+def accelerate_hash_encodings(model: torch.nn.Module, mode: FastEncoding) -> int:
+    """Makes every torch ``HashEncoding`` of `model` (tiny-cuda-nn ones are left) run fast; returns how many.
+
+    "compile": :class:`CompiledHashForward`; "triton": :class:`TritonHashForward`; "off" changes
+    nothing. Parameters, buffers and state_dict keys are untouched.
+    """
+    if mode not in MODES:
+        raise ValueError(f"--pipeline.fast-encoding must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "off":
         return 0
+    kind = CompiledHashForward if mode == "compile" else TritonHashForward
     changed = 0
     for module in model.modules():
         if isinstance(module, HashEncoding) and module.tcnn_encoding is None:
-            if not isinstance(module.__dict__.get("forward"), CompiledHashForward):
-                module.forward = CompiledHashForward(module)  # an instance attribute: shadows the class's forward
+            if not isinstance(module.__dict__.get("forward"), kind):
+                module.forward = kind(module)  # an instance attribute: shadows the class's forward
             changed += 1
     return changed

@@ -88,9 +88,11 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     fast_encoding: FastEncoding = "off"
     """Hash encoding of nerfacto's field and proposal networks when tiny-cuda-nn is absent. compile: nerfstudio's
     torch encoding under torch.compile (fused kernels, same values and gradients; compiled on first use, the
-    plain encoding, warned, if that fails). off: as nerfstudio ships it. `ns-train pds` sets compile where
-    CUDA is available, else off: on CPU the first use compiles for about half a minute per encoding shape,
-    more than short CPU runs gain."""
+    plain encoding, warned, if that fails). triton: one fused Triton kernel each for forward and backward
+    (same values, gradients to float32 rounding; the plain encoding, warned, where Triton cannot build it;
+    on CPU it runs in Triton's slow interpreter). off: as nerfstudio ships it. `ns-train pds` sets compile
+    where CUDA is available, else off: on CPU the first use compiles for about half a minute per encoding
+    shape, more than short CPU runs gain."""
     pds_loss_mult: float = 1.0
     """Weight of the guidance loss against nerfacto's proposal losses in stage 1."""
     sdedit_every: int = 10

@@ -9,6 +9,8 @@ Modes (same scene, prior weights and seeds, in one run):
   ours:    the `pds` defaults: half-precision prior on CUDA, one batched UNet call, deferred back-propagation,
            the hash encoding under torch.compile (--pipeline.fast-encoding compile, also on CPU here; its
            compilation happens in the warm-up iterations).
+  triton:  ours with the fused Triton hash encoding (--pipeline.fast-encoding triton); on the GPU only by
+           default (on CPU it runs in Triton's interpreter).
 Prints ms per iteration (CUDA-synchronised, warm, median), peak GPU memory, speed-up against the
 baseline, the device and versions, and the projected time of a whole edit (30,000 + 15,000 iterations).
 """
@@ -74,7 +76,8 @@ TINY_MODEL = dict(
 """CPU sizes (`--tiny`): the machinery at a cost a CPU can measure; not the numbers that matter."""
 
 
-def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution: int, short_side: int, tiny: bool):
+def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution: int, short_side: int, tiny: bool,
+          chunk_size: Optional[int] = None):  # fmt: skip
     """The `pds` method's pipeline and optimisers with this mode's settings."""
     from nerfstudio.engine.optimizers import Optimizers
 
@@ -88,9 +91,11 @@ def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution:
     config.reconstruction_iterations, config.pds_iterations, config.refinement_iterations = 0, 10**6, 10**6
     config.render_scale = resolution / short_side
     config.log_every = 10**9
-    ours = mode == "ours"
+    ours = mode != "authors"
     config.deferred_backprop = ours
-    config.fast_encoding = "compile" if ours else "off"
+    config.fast_encoding = {"authors": "off", "ours": "compile", "triton": "triton"}[mode]
+    if ours and chunk_size:
+        config.render_chunk_size = chunk_size
     config.prior.model_id = str(prior)
     config.prior.device = str(device)
     config.prior.dtype = "fp16" if ours and device.type == "cuda" else "fp32"
@@ -103,12 +108,12 @@ def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution:
 
 
 def measure(scene: Path, prior: Path, device: torch.device, mode: str, resolution: int, short_side: int,
-            iterations: int, warmup: int, tiny: bool) -> Timing:  # fmt: skip
+            iterations: int, warmup: int, tiny: bool, chunk_size: Optional[int] = None) -> Timing:  # fmt: skip
     """Stage-1, stage-2 and plain nerfacto iteration times of one mode at one render resolution."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
-    pipeline, optimizers = build(scene, prior, device, mode, resolution, short_side, tiny)
+    pipeline, optimizers = build(scene, prior, device, mode, resolution, short_side, tiny, chunk_size)
     autocast = torch.autocast(device_type=device.type, enabled=device.type == "cuda")  # as nerfstudio's trainer
 
     def train_step(loss_of: Callable[[int], dict]) -> Callable[[int], None]:
@@ -160,7 +165,7 @@ def table(rows: list[Timing], device: torch.device) -> str:
     lines = [
         f"GPU: {name} | torch {torch.__version__} | diffusers {diffusers.__version__} | nerfstudio {version('nerfstudio')}",
         f"{'render':>7} {'mode':>8} {'stage 1 ms':>11} {'peak GiB':>9} {'speed-up':>9} {'stage 2 ms':>11} "
-        f"{'nerfacto ms':>12} {'whole edit':>11}",
+        f"{'nerfacto ms':>12} {'s2/nerfacto':>12} {'whole edit':>11}",
     ]
     baselines = {row.resolution: row for row in rows if row.mode == "authors"}
     for row in rows:
@@ -173,7 +178,7 @@ def table(rows: list[Timing], device: torch.device) -> str:
         hours = (PDS_ITERATIONS * row.stage1_ms + REFINEMENT_ITERATIONS * row.stage2_ms) / 3.6e6
         lines.append(
             f"{row.resolution:>7} {row.mode:>8} {row.stage1_ms:>11.1f} {peak:>9} {speedup:>9} {row.stage2_ms:>11.1f} "
-            f"{row.nerfacto_ms:>12.1f} {hours:>10.2f}h"
+            f"{row.nerfacto_ms:>12.1f} {row.stage2_ms / row.nerfacto_ms:>11.2f}x {hours:>10.2f}h"
         )
     lines.append("stage 2 ms includes its SDEdit every 10 iterations, amortised; whole edit = 30,000 x stage 1 + 15,000 x stage 2")
     return "\n".join(lines)
@@ -195,7 +200,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--scene", default="auto", help="scene folder; auto: the face scene if present, else generated")
     parser.add_argument("--prior", default="auto", help="tiny, sd15 (random weights) or a pipeline folder; auto: sd15 on GPU")
     parser.add_argument("--resolutions", type=int, nargs="+", default=None, help="stage-1 render sizes (short side)")
-    parser.add_argument("--modes", nargs="+", default=["authors", "ours"], choices=["authors", "ours"])
+    parser.add_argument("--modes", nargs="+", default=None, choices=["authors", "ours", "triton"],
+                        help="default: authors ours, and triton on the GPU")  # fmt: skip
+    parser.add_argument("--render-chunk-size", type=int, default=None,
+                        help="rays per chunk of ours and triton (--pipeline.render-chunk-size; default: the pipeline's)")  # fmt: skip
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--device", default=None, help="cuda or cpu; default: cuda when available")
@@ -205,6 +213,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tiny = device.type == "cpu" if args.tiny is None else args.tiny
     resolutions = args.resolutions or ([128, 256, 512] if not tiny else [32, 64])
+    modes = args.modes or (["authors", "ours", "triton"] if device.type == "cuda" else ["authors", "ours"])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.scene != "auto":
@@ -219,9 +228,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"scene {scene} ({short_side} px), prior {prior}, device {device}", flush=True)
         rows = []
         for resolution in resolutions:
-            for mode in args.modes:
+            for mode in modes:
                 rows.append(
-                    measure_or_oom(scene, prior, device, mode, resolution, short_side, args.iterations, args.warmup, tiny)
+                    measure_or_oom(scene, prior, device, mode, resolution, short_side, args.iterations, args.warmup,
+                                   tiny, args.render_chunk_size)  # fmt: skip
                 )
                 print(f"measured {mode} at {resolution}", flush=True)
     print(table(rows, device))

@@ -22,4 +22,13 @@ def test_benchmark_prints_a_row_per_mode(user_env: dict[str, str], tmp_path: Pat
     rows = [line.split() for line in lines[header + 2 : header + 4]]
     assert [row[:2] for row in rows] == [["16", "authors"], ["16", "ours"]]
     assert rows[0][4] == "1.00x"
-    assert all(row[-1].endswith("h") for row in rows)  # projected whole edit
+    assert all(row[-1].endswith("h") and row[-2].endswith("x") for row in rows)  # stage 2 / nerfacto, whole edit
+
+
+def test_offline_benchmark_refuses_a_folder_without_wheels(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "offline_benchmark.sh"), str(tmp_path / "missing")],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PDS_SITE": str(tmp_path / "site")},
+    )  # fmt: skip
+    assert result.returncode == 2 and "no wheels in" in result.stderr and result.stdout == ""
+    assert not (tmp_path / "site").exists()

@@ -314,3 +314,20 @@ def test_bf16_agrees_with_fp32(prior: DiffusionPrior, prior_dir: Path):
     for low, full in zip(outputs["bf16"], outputs["fp32"]):
         assert low.dtype == torch.float32
         assert relative_error(low, full) < BF16_TOLERANCE
+
+
+def test_half_precision_encoder_gradient_agrees_with_fp32(prior: DiffusionPrior, prior_dir: Path):
+    """Stage 1 back-propagates through the VAE encoder in the prior's dtype (fp16 on CUDA; bf16 stands in on CPU)."""
+    half = make_prior(prior_dir, dtype="bf16")
+    weights = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    gradients = {}
+    try:
+        for name, p in (("bf16", half), ("fp32", prior)):
+            images = rand_images(8).requires_grad_()
+            (p.encode(images) * weights).sum().backward()
+            gradients[name] = images.grad
+    except RuntimeError as err:  # a CPU without bf16 kernels
+        pytest.skip(f"bf16 is not supported here: {err}")
+    assert half.vae.dtype == torch.bfloat16 and gradients["bf16"].dtype == torch.float32
+    assert gradients["fp32"].abs().sum() > 0
+    assert relative_error(gradients["bf16"], gradients["fp32"]) < BF16_TOLERANCE

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# scripts/benchmark.py on a GPU machine without internet that already has python3 with torch, numpy and
+# transformers: installs nerfstudio, diffusers and their import-time needs from a folder of wheels (no
+# index, no dependencies resolved) into a private folder, then runs the benchmark from this checkout.
+#
+#   scripts/offline_benchmark.sh WHEEL_DIR [benchmark options...]
+#   e.g. scripts/offline_benchmark.sh .whl --scene path/to/in2n_face --iterations 20
+#
+# WHEEL_DIR: wheels of nerfstudio 1.1.5, diffusers and what they import (for this project's lent GPU,
+# ../shared/tools/gpu-wheels.sh downloads them). Nothing outside PDS_SITE (default /tmp/pds_site) changes.
+set -euo pipefail
+wheels=${1:?usage: scripts/offline_benchmark.sh WHEEL_DIR [benchmark options...]}
+shift
+site=${PDS_SITE:-/tmp/pds_site}
+ls "$wheels"/*.whl >/dev/null 2>&1 || { echo "no wheels in $wheels: download them first (pip download ... -d $wheels)" >&2; exit 2; }
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
+# pyliblzfse (nerfstudio imports it for Apple depth files) has no wheel for every Python: a stand-in lets it import.
+python3 -c "import pyliblzfse" 2>/dev/null || : >"$site/pyliblzfse.py"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+python3 scripts/benchmark.py "$@"
