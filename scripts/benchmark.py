@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import sys
 import tempfile
@@ -147,12 +148,18 @@ def measure(scene: Path, prior: Path, device: torch.device, mode: str, resolutio
 
 
 def measure_or_oom(*args, **kwargs) -> Timing:
+    """`measure`, or an "out of memory" row; either way the pipeline is freed before the next mode is measured."""
     try:
-        return measure(*args, **kwargs)
+        timing = measure(*args, **kwargs)
     except torch.cuda.OutOfMemoryError:
-        torch.cuda.empty_cache()
         mode, resolution = args[3], args[4]
-        return Timing(mode, resolution, None, None, None, None)
+        timing = Timing(mode, resolution, None, None, None, None)
+    # Out of the except block, so that its traceback no longer holds the pipeline; the pipeline and
+    # its hash encodings' fast forwards form reference cycles, which only the collector frees.
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return timing
 
 
 def table(rows: list[Timing], device: torch.device) -> str:

@@ -126,6 +126,14 @@ def test_off_changes_nothing() -> None:
         accelerate_hash_encodings(encoding, "fast")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("mode", ["compile", "triton"])
+def test_tiny_cuda_nn_encodings_are_left_as_they_are(mode: str) -> None:
+    """Where tiny-cuda-nn is installed nerfacto uses it (its default implementation); nothing replaces it."""
+    encoding = HashEncoding(num_levels=2, log2_hashmap_size=4, implementation="torch")
+    encoding.tcnn_encoding = torch.nn.Identity()  # what nerfstudio holds when tcnn is importable
+    assert accelerate_hash_encodings(encoding, mode) == 0 and "forward" not in encoding.__dict__
+
+
 def test_a_failed_compilation_warns_once_and_runs_the_plain_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
 
