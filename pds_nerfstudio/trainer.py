@@ -2,6 +2,7 @@
 
 - The run ends at the global step where the last stage ends, whatever step it starts at
   (nerfstudio 1.1.5 runs `--max-num-iterations` more steps after a loaded checkpoint).
+- nerfstudio's progress column (step, percent, ETA) counts toward that global step.
 - A checkpoint of another method (stock `ns-train nerfacto`, `pds-nerfacto`) is a starting
   scene: its model weights load, its optimiser state is ignored, and the run starts where
   stage 1 starts, skipping reconstruction. A `pds` checkpoint resumes exactly.
@@ -17,6 +18,7 @@ from typing import Any, Dict, Literal, Optional, Type
 import torch
 
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
@@ -55,6 +57,10 @@ class PDSTrainer(Trainer):
         try:
             super().setup(test_mode)
             schedule = self.pipeline.schedule
+            # nerfstudio 1.1.5's progress printer divides the global step by max_num_iterations, which counts
+            # from the loaded step ("1190 (396.67%)" and a wrong ETA on a resumed edit): give it the last step.
+            if "max_iter" in writer.GLOBAL_BUFFER:
+                writer.GLOBAL_BUFFER["max_iter"] = schedule.total
             if self._start_step < schedule.total and schedule.total > schedule.start(Stage.PDS):
                 self.pipeline.prior()  # fail now, not after hours of reconstruction
         except (ValueError, PriorLoadError) as error:

@@ -69,5 +69,8 @@ def test_sigkill_mid_refinement_then_load_dir_resumes_in_stage_2(
     assert int(message.group(1)) == last + 1
     assert message.group(2) == "refinement"
     assert int(message.group(3)) >= 1
+    progress = [(int(step), float(percent)) for step, percent in re.findall(r"(\d+) \((\d+\.\d\d)%\)", output)]
+    assert progress, output[-3000:]  # nerfstudio's column "step (percent)": step / 64, the stages' total
+    assert all(step > last and abs(percent - 100 * step / 64) < 0.01 for step, percent in progress), progress
     resumed = tmp_path / tiny_scene.name / "pds" / "resumed" / "nerfstudio_models"
     assert max(int(p.stem.split("-")[1]) for p in resumed.glob("step-*.ckpt")) == 63
