@@ -257,8 +257,12 @@ class PDSPipeline(VanillaPipeline):
         return outputs, self._finite_losses(loss_dict, step), metrics_dict
 
     def _finite_losses(self, loss_dict: Dict[str, Tensor], step: int) -> Dict[str, Tensor]:
-        """The losses, or, when one is not finite, a zero loss that leaves the scene unchanged."""
-        if all(bool(torch.isfinite(loss).all()) for loss in loss_dict.values()):
+        """The losses, or, when one is not finite, a zero loss that leaves the scene unchanged.
+
+        One host synchronisation per step (one check of all losses together), before back-propagation.
+        """
+        values = [loss.detach().reshape(-1).float() for loss in loss_dict.values()]
+        if not values or bool(torch.isfinite(torch.cat([v.to(values[0].device) for v in values])).all()):
             self._nonfinite_steps = 0
             return loss_dict
         self._nonfinite_steps += 1
@@ -317,7 +321,8 @@ class PDSPipeline(VanillaPipeline):
             "interlevel_loss": model_config.interlevel_loss_mult * render.interlevel_loss,
             "distortion_loss": model_config.distortion_loss_mult * render.distortion_loss,
         }
-        metrics_dict = {"timestep": float(result.t[0]), "view": float(view), "grad_norm": float(result.grad.norm())}
+        # tensors, not floats: nerfstudio reads them only on logging steps, so no step waits for the GPU here
+        metrics_dict = {"timestep": result.t[0].detach(), "view": float(view), "grad_norm": result.grad.detach().norm()}
         if (step - self.schedule.start(Stage.PDS)) % config.log_every == 0:
             self._log_guidance(step, view, render.rgb.detach(), result.grad)
         return {"rgb": render.rgb}, loss_dict, metrics_dict
