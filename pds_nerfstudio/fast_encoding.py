@@ -116,3 +116,23 @@ def accelerate_hash_encodings(model: torch.nn.Module, mode: FastEncoding) -> int
                 module.forward = kind(module)  # an instance attribute: shadows the class's forward
             changed += 1
     return changed
+
+
+def encoding_in_use(model: torch.nn.Module) -> str:
+    """What computes `model`'s hash encodings: "tcnn", "compile", "triton" or "plain" (also where a fast path
+    fell back to it: "plain (compile failed)"); several, comma-separated, when they differ."""
+    kinds = []
+    for module in model.modules():
+        if not isinstance(module, HashEncoding):
+            continue
+        forward = module.__dict__.get("forward")
+        if module.tcnn_encoding is not None:
+            kind = "tcnn"
+        elif isinstance(forward, (CompiledHashForward, TritonHashForward)):
+            name = "compile" if isinstance(forward, CompiledHashForward) else "triton"
+            kind = f"plain ({name} failed)" if forward.failed else name
+        else:
+            kind = "plain"
+        if kind not in kinds:
+            kinds.append(kind)
+    return ", ".join(kinds) or "none"

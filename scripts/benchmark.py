@@ -30,6 +30,7 @@ from typing import Callable, Optional
 
 import torch
 
+from pds_nerfstudio.fast_encoding import encoding_in_use
 from pds_nerfstudio.fixtures.procedural_scene import make_scene
 from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior, default_prior_dir
 from pds_nerfstudio.method_configs import pds_method
@@ -50,6 +51,8 @@ class Timing:
     stage1_peak_gib: Optional[float]
     stage2_ms: Optional[float]
     nerfacto_ms: Optional[float]
+    encoding: str = "-"
+    """What computed the hash encodings (a fast path that failed to build reads "plain (... failed)")."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -144,7 +147,7 @@ def measure(scene: Path, prior: Path, device: torch.device, mode: str, resolutio
     run_block = train_step(pipeline_losses)
     stage2 = median_ms(lambda s: [run_block(s + i) for i in range(every)], blocks, warmup, device) / every
     nerfacto = median_ms(train_step(nerfacto_losses), range(warmup + iterations), warmup, device)
-    return Timing(mode, resolution, stage1, peak, stage2, nerfacto)
+    return Timing(mode, resolution, stage1, peak, stage2, nerfacto, encoding_in_use(pipeline.model))
 
 
 def measure_or_oom(*args, **kwargs) -> Timing:
@@ -172,7 +175,7 @@ def table(rows: list[Timing], device: torch.device) -> str:
     lines = [
         f"GPU: {name} | torch {torch.__version__} | diffusers {diffusers.__version__} | nerfstudio {version('nerfstudio')}",
         f"{'render':>7} {'mode':>8} {'stage 1 ms':>11} {'peak GiB':>9} {'speed-up':>9} {'stage 2 ms':>11} "
-        f"{'nerfacto ms':>12} {'s2/nerfacto':>12} {'whole edit':>11}",
+        f"{'nerfacto ms':>12} {'s2/nerfacto':>12} {'whole edit':>11}  encoding",
     ]
     baselines = {row.resolution: row for row in rows if row.mode == "authors"}
     for row in rows:
@@ -185,7 +188,7 @@ def table(rows: list[Timing], device: torch.device) -> str:
         hours = (PDS_ITERATIONS * row.stage1_ms + REFINEMENT_ITERATIONS * row.stage2_ms) / 3.6e6
         lines.append(
             f"{row.resolution:>7} {row.mode:>8} {row.stage1_ms:>11.1f} {peak:>9} {speedup:>9} {row.stage2_ms:>11.1f} "
-            f"{row.nerfacto_ms:>12.1f} {row.stage2_ms / row.nerfacto_ms:>11.2f}x {hours:>10.2f}h"
+            f"{row.nerfacto_ms:>12.1f} {row.stage2_ms / row.nerfacto_ms:>11.2f}x {hours:>10.2f}h  {row.encoding}"
         )
     lines.append("stage 2 ms includes its SDEdit every 10 iterations, amortised; whole edit = 30,000 x stage 1 + 15,000 x stage 2")
     return "\n".join(lines)

@@ -22,7 +22,8 @@ def test_benchmark_prints_a_row_per_mode(user_env: dict[str, str], tmp_path: Pat
     rows = [line.split() for line in lines[header + 2 : header + 4]]
     assert [row[:2] for row in rows] == [["16", "authors"], ["16", "ours"]]
     assert rows[0][4] == "1.00x"
-    assert all(row[-1].endswith("h") and row[-2].endswith("x") for row in rows)  # stage 2 / nerfacto, whole edit
+    assert all(row[-2].endswith("h") and row[-3].endswith("x") for row in rows)  # stage 2 / nerfacto, whole edit
+    assert [row[-1] for row in rows] == ["plain", "compile"]  # what computed the hash encodings
 
 
 def test_offline_benchmark_refuses_a_folder_without_wheels(tmp_path: Path) -> None:

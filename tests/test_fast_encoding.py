@@ -18,7 +18,7 @@ from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.nerfacto_field import NerfactoField
-from pds_nerfstudio.fast_encoding import CompiledHashForward, accelerate_hash_encodings
+from pds_nerfstudio.fast_encoding import CompiledHashForward, accelerate_hash_encodings, encoding_in_use
 from pds_nerfstudio.pipeline import PDSPipeline
 from pds_nerfstudio.stages import Stage
 
@@ -132,6 +132,19 @@ def test_tiny_cuda_nn_encodings_are_left_as_they_are(mode: str) -> None:
     encoding = HashEncoding(num_levels=2, log2_hashmap_size=4, implementation="torch")
     encoding.tcnn_encoding = torch.nn.Identity()  # what nerfstudio holds when tcnn is importable
     assert accelerate_hash_encodings(encoding, mode) == 0 and "forward" not in encoding.__dict__
+
+
+def test_encoding_in_use_names_what_computes_the_encodings() -> None:
+    def encoding() -> HashEncoding:
+        return HashEncoding(num_levels=2, log2_hashmap_size=4, implementation="torch")
+
+    model = torch.nn.ModuleList([encoding(), encoding()])
+    assert encoding_in_use(model) == "plain" and encoding_in_use(torch.nn.Linear(1, 1)) == "none"
+    accelerate_hash_encodings(model[0], "triton")
+    assert encoding_in_use(model) == "triton, plain"
+    model[0].__dict__["forward"].failed = True
+    accelerate_hash_encodings(model[1], "compile")
+    assert encoding_in_use(model) == "plain (triton failed), compile"
 
 
 def test_a_failed_compilation_warns_once_and_runs_the_plain_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
