@@ -42,9 +42,11 @@ class DeviceKernel:
     def launch(self, device: torch.device, num_points: int, *args: Any, **constants: Any) -> None:
         import triton
 
-        block = GPU_BLOCK if device.type == "cuda" else INTERPRETER_BLOCK
-        kernel = self.gpu if device.type == "cuda" else self.interpreted
-        kernel[(triton.cdiv(num_points, block),)](*args, BLOCK=block, **constants)
+        if device.type != "cuda":
+            self.interpreted[(triton.cdiv(num_points, INTERPRETER_BLOCK),)](*args, BLOCK=INTERPRETER_BLOCK, **constants)
+            return
+        with torch.cuda.device(device):  # Triton launches on the current device, which may not be the tensors'
+            self.gpu[(triton.cdiv(num_points, GPU_BLOCK),)](*args, BLOCK=GPU_BLOCK, **constants)
 
 
 _KERNELS: Optional[Tuple[DeviceKernel, DeviceKernel]] = None

@@ -53,6 +53,8 @@ class Timing:
     nerfacto_ms: Optional[float]
     encoding: str = "-"
     """What computed the hash encodings (a fast path that failed to build reads "plain (... failed)")."""
+    chunk: int = 0
+    """Rays per chunk of the stage-1 render (0: the pipeline's default)."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -98,7 +100,7 @@ def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution:
     ours = mode != "authors"
     config.deferred_backprop = ours
     config.fast_encoding = {"authors": "off", "ours": "compile", "triton": "triton"}[mode]
-    if ours and chunk_size:
+    if chunk_size:
         config.render_chunk_size = chunk_size
     config.prior.model_id = str(prior)
     config.prior.device = str(device)
@@ -147,7 +149,8 @@ def measure(scene: Path, prior: Path, device: torch.device, mode: str, resolutio
     run_block = train_step(pipeline_losses)
     stage2 = median_ms(lambda s: [run_block(s + i) for i in range(every)], blocks, warmup, device) / every
     nerfacto = median_ms(train_step(nerfacto_losses), range(warmup + iterations), warmup, device)
-    return Timing(mode, resolution, stage1, peak, stage2, nerfacto, encoding_in_use(pipeline.model))
+    chunk = pipeline.config.render_chunk_size
+    return Timing(mode, resolution, stage1, peak, stage2, nerfacto, encoding_in_use(pipeline.model), chunk)
 
 
 def measure_or_oom(*args, **kwargs) -> Timing:
@@ -156,7 +159,7 @@ def measure_or_oom(*args, **kwargs) -> Timing:
         timing = measure(*args, **kwargs)
     except torch.cuda.OutOfMemoryError:
         mode, resolution = args[3], args[4]
-        timing = Timing(mode, resolution, None, None, None, None)
+        timing = Timing(mode, resolution, None, None, None, None, chunk=kwargs.get("chunk_size") or 0)
     # Out of the except block, so that its traceback no longer holds the pipeline; the pipeline and
     # its hash encodings' fast forwards form reference cycles, which only the collector frees.
     gc.collect()
@@ -174,20 +177,20 @@ def table(rows: list[Timing], device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"none (CPU, {torch.get_num_threads()} threads)"
     lines = [
         f"GPU: {name} | torch {torch.__version__} | diffusers {diffusers.__version__} | nerfstudio {version('nerfstudio')}",
-        f"{'render':>7} {'mode':>8} {'stage 1 ms':>11} {'peak GiB':>9} {'speed-up':>9} {'stage 2 ms':>11} "
+        f"{'render':>7} {'mode':>8} {'chunk':>6} {'stage 1 ms':>11} {'peak GiB':>9} {'speed-up':>9} {'stage 2 ms':>11} "
         f"{'nerfacto ms':>12} {'s2/nerfacto':>12} {'whole edit':>11}  encoding",
     ]
     baselines = {row.resolution: row for row in rows if row.mode == "authors"}
     for row in rows:
         if row.stage1_ms is None:
-            lines.append(f"{row.resolution:>7} {row.mode:>8} {'out of memory':>11}")
+            lines.append(f"{row.resolution:>7} {row.mode:>8} {row.chunk or '-':>6} {'out of memory':>11}")
             continue
         base = baselines.get(row.resolution)
         speedup = f"{base.stage1_ms / row.stage1_ms:.2f}x" if base and base.stage1_ms else "-"
         peak = f"{row.stage1_peak_gib:.1f}" if row.stage1_peak_gib is not None else "-"
         hours = (PDS_ITERATIONS * row.stage1_ms + REFINEMENT_ITERATIONS * row.stage2_ms) / 3.6e6
         lines.append(
-            f"{row.resolution:>7} {row.mode:>8} {row.stage1_ms:>11.1f} {peak:>9} {speedup:>9} {row.stage2_ms:>11.1f} "
+            f"{row.resolution:>7} {row.mode:>8} {row.chunk:>6} {row.stage1_ms:>11.1f} {peak:>9} {speedup:>9} {row.stage2_ms:>11.1f} "
             f"{row.nerfacto_ms:>12.1f} {row.stage2_ms / row.nerfacto_ms:>11.2f}x {hours:>10.2f}h  {row.encoding}"
         )
     lines.append("stage 2 ms includes its SDEdit every 10 iterations, amortised; whole edit = 30,000 x stage 1 + 15,000 x stage 2")
@@ -212,8 +215,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--resolutions", type=int, nargs="+", default=None, help="stage-1 render sizes (short side)")
     parser.add_argument("--modes", nargs="+", default=None, choices=["authors", "ours", "triton"],
                         help="default: authors ours, and triton on the GPU")  # fmt: skip
-    parser.add_argument("--render-chunk-size", type=int, default=None,
-                        help="rays per chunk of ours and triton (--pipeline.render-chunk-size; default: the pipeline's)")  # fmt: skip
+    parser.add_argument("--render-chunk-sizes", type=int, nargs="+", default=[0],
+                        help="rays per stage-1 chunk of ours and triton, one row each (--pipeline.render-chunk-size; "
+                             "0: the pipeline's default); e.g. 16384 8192 4096 for the memory of smaller cards")  # fmt: skip
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--device", default=None, help="cuda or cpu; default: cuda when available")
@@ -239,11 +243,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         rows = []
         for resolution in resolutions:
             for mode in modes:
-                rows.append(
-                    measure_or_oom(scene, prior, device, mode, resolution, short_side, args.iterations, args.warmup,
-                                   tiny, args.render_chunk_size)  # fmt: skip
-                )
-                print(f"measured {mode} at {resolution}", flush=True)
+                # the authors' way keeps every chunk's graph: its chunk size changes nothing that matters
+                for chunk_size in args.render_chunk_sizes if mode != "authors" else [0]:
+                    rows.append(
+                        measure_or_oom(scene, prior, device, mode, resolution, short_side, args.iterations,
+                                       args.warmup, tiny, chunk_size=chunk_size or None)  # fmt: skip
+                    )
+                    print(f"measured {mode} at {resolution} (chunk {chunk_size or 'default'})", flush=True)
     print(table(rows, device))
     return 0
 

@@ -21,7 +21,7 @@ def test_benchmark_prints_a_row_per_mode(user_env: dict[str, str], tmp_path: Pat
     assert "none (CPU" in lines[header] and "torch" in lines[header] and "nerfstudio 1.1.5" in lines[header]
     rows = [line.split() for line in lines[header + 2 : header + 4]]
     assert [row[:2] for row in rows] == [["16", "authors"], ["16", "ours"]]
-    assert rows[0][4] == "1.00x"
+    assert rows[0][5] == "1.00x" and rows[1][2] == "16384"  # speed-up against itself; the default chunk
     assert all(row[-2].endswith("h") and row[-3].endswith("x") for row in rows)  # stage 2 / nerfacto, whole edit
     assert [row[-1] for row in rows] == ["plain", "compile"]  # what computed the hash encodings
 
