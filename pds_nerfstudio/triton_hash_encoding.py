@@ -19,6 +19,7 @@ Plain torch: no nerfstudio import.
 
 from __future__ import annotations
 
+import types
 from typing import Any, Optional, Tuple
 
 import torch
@@ -31,13 +32,27 @@ INTERPRETER_BLOCK = 4096  # the interpreter runs each program as numpy: few, wid
 
 
 class DeviceKernel:
-    """A ``triton.jit`` kernel for CUDA tensors, and the same body in Triton's interpreter for CPU ones."""
+    """A ``triton.jit`` kernel for CUDA tensors, and the same body in Triton's interpreter for CPU ones.
+
+    Outside ``TRITON_INTERPRET=1`` the interpreter cannot call ``triton.jit`` helpers, so the
+    interpreted body runs with its own globals in which every jit helper is interpreted too.
+    """
 
     def __init__(self, kernel: Any) -> None:
         from triton.runtime.interpreter import InterpretedFunction
+        from triton.runtime.jit import JITFunction
 
         self.gpu = kernel
-        self.interpreted = kernel if isinstance(kernel, InterpretedFunction) else InterpretedFunction(kernel.fn)
+        if isinstance(kernel, InterpretedFunction):  # TRITON_INTERPRET=1: triton.jit made it one already
+            self.interpreted = kernel
+            return
+        scope = dict(kernel.fn.__globals__)  # also keeps the interpreter's additions out of the module
+
+        def interpreted(function: Any) -> Any:
+            return InterpretedFunction(types.FunctionType(function.__code__, scope, function.__name__))
+
+        scope.update({name: interpreted(v.fn) for name, v in scope.items() if isinstance(v, JITFunction)})
+        self.interpreted = interpreted(kernel.fn)
 
     def launch(self, device: torch.device, num_points: int, *args: Any, **constants: Any) -> None:
         import triton
