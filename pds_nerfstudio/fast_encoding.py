@@ -10,7 +10,7 @@ to, and the path taken when a fast one cannot be built.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, Literal, Optional
+from typing import Any, Callable, Dict, Literal, Optional, get_args
 
 import torch
 from jaxtyping import Float
@@ -21,7 +21,7 @@ from nerfstudio.field_components.encodings import HashEncoding
 from pds_nerfstudio.triton_hash_encoding import build_kernels, hash_encode
 
 FastEncoding = Literal["off", "compile", "triton"]
-MODES = ("off", "compile", "triton")
+MODES = get_args(FastEncoding)
 
 
 class CompiledHashForward:

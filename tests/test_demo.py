@@ -128,6 +128,7 @@ def test_summary_names_every_output_and_the_real_weights_commands(demo: ModuleTy
         assert str(path) in text
     for stage in ("reconstruction", "pds", "refinement"):
         assert f"{layout.run_dir / 'renders' / stage}/  (1 files)" in text
-    assert "scripts/fidelity.py measures this" in text
+    assert "scripts/fidelity.py measures the edit" in text
+    assert "blue speckles" in text  # the CPU budget's known flaw is said, not hidden
     assert "ns-train pds --data" in text and "--pipeline.prior.model-id stable-diffusion-v1-5/" in text
     assert "ns-render interpolate" in text
