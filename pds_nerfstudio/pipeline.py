@@ -30,7 +30,7 @@ from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
 from pds_nerfstudio.datamanager import PDSDataManager, PDSDataManagerConfig
 from pds_nerfstudio.fast_encoding import FastEncoding, accelerate_hash_encodings
-from pds_nerfstudio.guidance import guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
+from pds_nerfstudio.guidance import GuidanceOutput, guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
 from pds_nerfstudio.image_io import save_png
 from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
 from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
@@ -179,7 +179,7 @@ class PDSPipeline(VanillaPipeline):
         self.register_buffer(PDS_MARKER, lengths)
         self._prior = DiffusionPrior(config.prior)  # not a Module: its weights stay out of checkpoints
         self._source_latents: Dict[Tuple[int, Tuple[int, int]], Tensor] = {}
-        self._render_cameras: Any = None
+        self._render_cameras: Optional[Tuple[float, Any]] = None  # (render_scale, cameras)
         self.stage1_renders: Optional[Float[Tensor, "num_images height width 3"]] = None
         self.run_dir: Optional[Path] = None
         self.last_refined_view: Optional[int] = None
@@ -283,13 +283,14 @@ class PDSPipeline(VanillaPipeline):
         return random.Random(self.config.seed * 1_000_003 + block).randrange(self.datamanager.num_train_images)
 
     def render_cameras(self):
-        """Training cameras at `render_scale` of their resolution, on the scene's device."""
-        if self._render_cameras is None:
+        """Training cameras at `render_scale` of their resolution, on the scene's device (cached per scale)."""
+        scale = self.config.render_scale
+        if self._render_cameras is None or self._render_cameras[0] != scale:
             cameras = copy.deepcopy(self.datamanager.train_dataset.cameras)
-            if self.config.render_scale != 1.0:
-                cameras.rescale_output_resolution(self.config.render_scale)
-            self._render_cameras = cameras.to(self.device)
-        return self._render_cameras
+            if scale != 1.0:
+                cameras.rescale_output_resolution(scale)
+            self._render_cameras = (scale, cameras.to(self.device))
+        return self._render_cameras[1]
 
     def _pds_step(self, step: int):
         """SPEC stage 1: render a whole view with gradient and back-propagate the guidance into it."""
@@ -298,9 +299,28 @@ class PDSPipeline(VanillaPipeline):
         render = render_view(
             self.model, self.render_cameras(), view, config.render_chunk_size, deferred=config.deferred_backprop
         )
+        guidance_loss, result = self.guidance_loss(render.rgb, view, step)
+        model_config = self.model.config
+        loss_dict = {
+            "guidance_loss": guidance_loss,
+            "interlevel_loss": model_config.interlevel_loss_mult * render.interlevel_loss,
+            "distortion_loss": model_config.distortion_loss_mult * render.distortion_loss,
+        }
+        # tensors, not floats: nerfstudio reads them only on logging steps, so no step waits for the GPU here
+        metrics_dict = {"timestep": result.t[0].detach(), "view": float(view), "grad_norm": result.grad.detach().norm()}
+        if (step - self.schedule.start(Stage.PDS)) % config.log_every == 0:
+            self._log_guidance(step, view, render.rgb.detach(), result.grad)
+        return {"rgb": render.rgb}, loss_dict, metrics_dict
+
+    def guidance_loss(
+        self, rgb: Float[Tensor, "height width 3"], view: int, step: int
+    ) -> Tuple[Float[Tensor, ""], GuidanceOutput]:
+        """The diffusion half of a stage-1 step: encode `rgb` (with gradient), the guidance gradient of the
+        configured method at `view` and `step` (SPEC steps 2-7), and the surrogate loss that carries it (step 8)."""
+        config = self.config
         prior = self.prior()
-        size = self._prior_size(*render.rgb.shape[:2])
-        x0_tgt = prior.encode(to_prior_input(render.rgb, size))
+        size = self._prior_size(*rgb.shape[:2])
+        x0_tgt = prior.encode(to_prior_input(rgb, size))
         needs_source = config.method != "sds"
         result = guidance_gradient(
             config.method,
@@ -315,17 +335,7 @@ class PDSPipeline(VanillaPipeline):
             num_subset_steps=config.num_subset_steps,
             ratio_range=(config.min_step_ratio, config.max_step_ratio),
         )
-        model_config = self.model.config
-        loss_dict = {
-            "guidance_loss": config.pds_loss_mult * surrogate_loss(x0_tgt, result.grad).to(self.device),
-            "interlevel_loss": model_config.interlevel_loss_mult * render.interlevel_loss,
-            "distortion_loss": model_config.distortion_loss_mult * render.distortion_loss,
-        }
-        # tensors, not floats: nerfstudio reads them only on logging steps, so no step waits for the GPU here
-        metrics_dict = {"timestep": result.t[0].detach(), "view": float(view), "grad_norm": result.grad.detach().norm()}
-        if (step - self.schedule.start(Stage.PDS)) % config.log_every == 0:
-            self._log_guidance(step, view, render.rgb.detach(), result.grad)
-        return {"rgb": render.rgb}, loss_dict, metrics_dict
+        return config.pds_loss_mult * surrogate_loss(x0_tgt, result.grad).to(self.device), result
 
     def _log_guidance(self, step: int, view: int, render: Tensor, grad: Tensor) -> None:
         """source | render | gradient magnitude, to tensorboard and the run folder."""

@@ -11,22 +11,35 @@ Modes (same scene, prior weights and seeds, in one run):
            compilation happens in the warm-up iterations).
   triton:  ours with the fused Triton hash encoding (--pipeline.fast-encoding triton); on the GPU only by
            default (on CPU it runs in Triton's interpreter).
-Prints ms per iteration (CUDA-synchronised, warm, median), peak GPU memory, speed-up against the
-baseline, the device and versions, and the projected time of a whole edit (30,000 + 15,000 iterations).
+
+Each mode's pipeline is built once. Its stage-1 rows change only the render size (--pipeline.render-scale)
+and the chunk size; the diffusion half of a stage-1 step (encode with gradient, guidance, encoder backward),
+a stage-2 iteration and a plain nerfacto iteration depend on neither, so they are measured once per mode.
+Rows are measured in the order that decides most first (ours, large to small, then its other chunk sizes at
+the largest; the authors' way, small to large, so that its out-of-memory sizes come last; triton), so a run
+cut short by --time-budget or a killed job still holds them; --output rewrites the report after every row.
+
+Prints ms per iteration (CUDA-synchronised, warm, median), peak GPU memory (allocated, and reserved by
+torch's caching allocator: what a card must hold), the speed-up against the baseline, the device and
+versions, and the projected time of a whole edit (30,000 + 15,000 iterations).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import gc
+import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -39,22 +52,41 @@ from pds_nerfstudio.stages import Stage
 
 FACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "in2n_face"
 PDS_ITERATIONS, REFINEMENT_ITERATIONS = 30000, 15000
+MODES = ("ours", "authors", "triton")  # measured in this order
+SHOWN = ("authors", "ours", "triton")  # the baseline first in each table
+OUT_OF_MEMORY, SKIPPED = "out of memory", "skipped (time budget)"
 
 
 @dataclass
-class Timing:
-    """One measured row; `None` fields mean the mode ran out of memory."""
+class Stage1Row:
+    """A stage-1 iteration of one mode at one render size and chunk size; `status` other than "ok": no numbers."""
 
     mode: str
     resolution: int
-    stage1_ms: Optional[float]
-    stage1_peak_gib: Optional[float]
-    stage2_ms: Optional[float]
-    nerfacto_ms: Optional[float]
+    chunk: int
+    """Rays per chunk of the stage-1 render."""
+    status: str = "ok"
+    ms: Optional[float] = None
+    peak_gib: Optional[float] = None
+    """torch.cuda.max_memory_allocated during the row's iterations."""
+    reserved_gib: Optional[float] = None
+    """torch.cuda.max_memory_reserved: allocated plus the caching allocator's slack, what the card must hold."""
+
+
+@dataclass
+class ModeRow:
+    """What one mode costs independently of the render size."""
+
+    mode: str
+    status: str = "ok"
+    diffusion_ms: Optional[float] = None
+    """The diffusion half of a stage-1 step at the prior's 512 px: encode with gradient, guidance, encoder backward."""
+    stage2_ms: Optional[float] = None
+    """A stage-2 iteration, its SDEdit every `sdedit_every` iterations amortised."""
+    nerfacto_ms: Optional[float] = None
+    """A plain nerfacto iteration of the same pipeline (ray batch, nerfacto's losses)."""
     encoding: str = "-"
     """What computed the hash encodings (a fast path that failed to build reads "plain (... failed)")."""
-    chunk: int = 0
-    """Rays per chunk of the stage-1 render (0: the pipeline's default)."""
 
 
 def synchronize(device: torch.device) -> None:
@@ -82,8 +114,7 @@ TINY_MODEL = dict(
 """CPU sizes (`--tiny`): the machinery at a cost a CPU can measure; not the numbers that matter."""
 
 
-def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution: int, short_side: int, tiny: bool,
-          chunk_size: Optional[int] = None):  # fmt: skip
+def build(scene: Path, prior: Path, device: torch.device, mode: str, tiny: bool):
     """The `pds` method's pipeline and optimisers with this mode's settings."""
     from nerfstudio.engine.optimizers import Optimizers
 
@@ -95,13 +126,10 @@ def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution:
     config.datamanager.data = scene
     config.source_prompt, config.target_prompt = "a photo of a man", "a photo of a man with a clown face"
     config.reconstruction_iterations, config.pds_iterations, config.refinement_iterations = 0, 10**6, 10**6
-    config.render_scale = resolution / short_side
     config.log_every = 10**9
     ours = mode != "authors"
     config.deferred_backprop = ours
     config.fast_encoding = {"authors": "off", "ours": "compile", "triton": "triton"}[mode]
-    if chunk_size:
-        config.render_chunk_size = chunk_size
     config.prior.model_id = str(prior)
     config.prior.device = str(device)
     config.prior.dtype = "fp16" if ours and device.type == "cuda" else "fp32"
@@ -113,88 +141,179 @@ def build(scene: Path, prior: Path, device: torch.device, mode: str, resolution:
     return pipeline, optimizers
 
 
-def measure(scene: Path, prior: Path, device: torch.device, mode: str, resolution: int, short_side: int,
-            iterations: int, warmup: int, tiny: bool, chunk_size: Optional[int] = None) -> Timing:  # fmt: skip
-    """Stage-1, stage-2 and plain nerfacto iteration times of one mode at one render resolution."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    pipeline, optimizers = build(scene, prior, device, mode, resolution, short_side, tiny, chunk_size)
-    autocast = torch.autocast(device_type=device.type, enabled=device.type == "cuda")  # as nerfstudio's trainer
+class ModeBench:
+    """One mode's pipeline, built once, and the measurements made on it."""
 
-    def train_step(loss_of: Callable[[int], dict]) -> Callable[[int], None]:
+    def __init__(self, pipeline: PDSPipeline, optimizers, device: torch.device, iterations: int, warmup: int) -> None:
+        self.pipeline, self.optimizers, self.device = pipeline, optimizers, device
+        self.iterations, self.warmup = iterations, warmup
+
+    def autocast(self):
+        return torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda")  # as nerfstudio's trainer
+
+    def train_step(self, loss_of: Callable[[int], dict]) -> Callable[[int], None]:
         def step(index: int) -> None:
-            optimizers.zero_grad_all()
-            with autocast:
+            self.optimizers.zero_grad_all()
+            with self.autocast():
                 losses = loss_of(index)
             sum(losses.values()).backward()
-            optimizers.optimizer_step_all()
+            self.optimizers.optimizer_step_all()
 
         return step
 
-    def pipeline_losses(step: int) -> dict:
-        return pipeline.get_train_loss_dict(step)[1]
+    def steps(self, start: int, every: int = 1) -> range:
+        return range(start, start + every * (self.warmup + self.iterations), every)
 
-    def nerfacto_losses(step: int) -> dict:
-        return super(PDSPipeline, pipeline).get_train_loss_dict(step)[1]
+    def stage1(self, scale: float, chunk: int) -> tuple[float, Optional[float], Optional[float]]:
+        """(ms, peak allocated GiB, peak reserved GiB) of a stage-1 iteration at render `scale` and `chunk` rays."""
+        pipeline = self.pipeline
+        pipeline.config.render_scale = scale
+        pipeline.config.render_chunk_size = chunk
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        step = self.train_step(lambda s: pipeline.get_train_loss_dict(s)[1])
+        ms = median_ms(step, self.steps(pipeline.schedule.start(Stage.PDS)), self.warmup, self.device)
+        if not cuda:
+            return ms, None, None
+        return ms, torch.cuda.max_memory_allocated(self.device) / 2**30, torch.cuda.max_memory_reserved(self.device) / 2**30
 
-    pds_start = pipeline.schedule.start(Stage.PDS)
-    stage1 = median_ms(train_step(pipeline_losses), range(pds_start, pds_start + warmup + iterations), warmup, device)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    manager = pipeline.datamanager  # stage 2 starts from the stage-1 renders; the originals stand in for them
-    pipeline.stage1_renders = torch.stack([manager.original_image(v)[..., :3].cpu() for v in range(manager.num_train_images)])
-    every = pipeline.config.sdedit_every
-    refine_start = pipeline.schedule.start(Stage.REFINEMENT)
-    blocks = range(refine_start, refine_start + every * (warmup + iterations), every)
-    run_block = train_step(pipeline_losses)
-    stage2 = median_ms(lambda s: [run_block(s + i) for i in range(every)], blocks, warmup, device) / every
-    nerfacto = median_ms(train_step(nerfacto_losses), range(warmup + iterations), warmup, device)
-    chunk = pipeline.config.render_chunk_size
-    return Timing(mode, resolution, stage1, peak, stage2, nerfacto, encoding_in_use(pipeline.model), chunk)
+    def diffusion_half(self) -> float:
+        """ms of `PDSPipeline.guidance_loss` and its backward into a full-resolution image (no render)."""
+        pipeline = self.pipeline
+        pipeline.config.render_scale = 1.0
+        cameras, start = pipeline.render_cameras(), pipeline.schedule.start(Stage.PDS)
+        view = pipeline.view_for_step(start)
+        rgb = torch.rand(int(cameras.height[view]), int(cameras.width[view]), 3, device=self.device, requires_grad=True)
+
+        def run(step: int) -> None:
+            rgb.grad = None
+            with self.autocast():
+                loss, _ = pipeline.guidance_loss(rgb, pipeline.view_for_step(step), step)
+            loss.backward()
+
+        return median_ms(run, self.steps(start), self.warmup, self.device)
+
+    def stage2(self) -> tuple[float, float]:
+        """(ms of a stage-2 iteration with its SDEdit amortised, ms of a plain nerfacto iteration)."""
+        pipeline, manager = self.pipeline, self.pipeline.datamanager
+        # stage 2 starts from the stage-1 renders; the originals stand in for them
+        pipeline.stage1_renders = torch.stack([manager.original_image(v)[..., :3].cpu() for v in range(manager.num_train_images)])
+        every = pipeline.config.sdedit_every
+        run_step = self.train_step(lambda s: pipeline.get_train_loss_dict(s)[1])
+        start = pipeline.schedule.start(Stage.REFINEMENT)
+        stage2 = median_ms(lambda s: [run_step(s + i) for i in range(every)], self.steps(start, every), self.warmup, self.device)
+        nerfacto_step = self.train_step(lambda s: super(PDSPipeline, pipeline).get_train_loss_dict(s)[1])
+        nerfacto = median_ms(nerfacto_step, self.steps(0), self.warmup, self.device)
+        return stage2 / every, nerfacto
 
 
-def measure_or_oom(*args, **kwargs) -> Timing:
-    """`measure`, or an "out of memory" row; either way the pipeline is freed before the next mode is measured."""
+def out_of_memory_guard(measure: Callable[[], object]) -> object:
+    """measure(), or OUT_OF_MEMORY; either way what a failed attempt held is freed before the next row."""
     try:
-        timing = measure(*args, **kwargs)
+        result = measure()
     except torch.cuda.OutOfMemoryError:
-        mode, resolution = args[3], args[4]
-        timing = Timing(mode, resolution, None, None, None, None, chunk=kwargs.get("chunk_size") or 0)
-    # Out of the except block, so that its traceback no longer holds the pipeline; the pipeline and
+        result = OUT_OF_MEMORY
+    # Out of the except block, so that its traceback no longer holds the tensors; the pipeline and
     # its hash encodings' fast forwards form reference cycles, which only the collector frees.
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return timing
+    return result
 
 
-def table(rows: list[Timing], device: torch.device) -> str:
-    """The printed report."""
-    import diffusers
-    import nerfstudio  # noqa: F401
-    from importlib.metadata import version
+class Report:
+    """The rows measured so far, printed as markdown tables; rewritten to `output` after every row."""
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"none (CPU, {torch.get_num_threads()} threads)"
-    lines = [
-        f"GPU: {name} | torch {torch.__version__} | diffusers {diffusers.__version__} | nerfstudio {version('nerfstudio')}",
-        f"{'render':>7} {'mode':>8} {'chunk':>6} {'stage 1 ms':>11} {'peak GiB':>9} {'speed-up':>9} {'stage 2 ms':>11} "
-        f"{'nerfacto ms':>12} {'s2/nerfacto':>12} {'whole edit':>11}  encoding",
-    ]
-    baselines = {row.resolution: row for row in rows if row.mode == "authors"}
-    for row in rows:
-        if row.stage1_ms is None:
-            lines.append(f"{row.resolution:>7} {row.mode:>8} {row.chunk or '-':>6} {'out of memory':>11}")
-            continue
-        base = baselines.get(row.resolution)
-        speedup = f"{base.stage1_ms / row.stage1_ms:.2f}x" if base and base.stage1_ms else "-"
-        peak = f"{row.stage1_peak_gib:.1f}" if row.stage1_peak_gib is not None else "-"
-        hours = (PDS_ITERATIONS * row.stage1_ms + REFINEMENT_ITERATIONS * row.stage2_ms) / 3.6e6
+    def __init__(self, device: torch.device, context: str, output: Optional[Path]) -> None:
+        self.device, self.context, self.output = device, context, output
+        self.stage1: list[Stage1Row] = []
+        self.modes: dict[str, ModeRow] = {}
+
+    def add(self, row: object) -> None:
+        if isinstance(row, Stage1Row):
+            self.stage1.append(row)
+        else:
+            assert isinstance(row, ModeRow)
+            self.modes[row.mode] = row
+        if self.output is not None:
+            partial = self.output.with_name(self.output.name + ".partial")
+            partial.write_text(self.text() + "\n")
+            os.replace(partial, self.output)
+            self.output.with_suffix(".json").write_text(json.dumps(self.as_json(), indent=1) + "\n")
+
+    def as_json(self) -> dict:
+        return {"header": self.header(), "stage1": [vars(r) for r in self.stage1], "modes": [vars(r) for r in self.modes.values()]}
+
+    def header(self) -> str:
+        import diffusers
+
+        if self.device.type == "cuda":
+            properties = torch.cuda.get_device_properties(self.device)
+            name = f"{properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
+        else:
+            name = f"none (CPU, {torch.get_num_threads()} threads)"
+        versions = f"torch {torch.__version__} | diffusers {diffusers.__version__} | nerfstudio {version('nerfstudio')}"
+        try:
+            versions += f" | triton {version('triton')}"
+        except PackageNotFoundError:
+            pass
+        return f"GPU: {name} | {versions} | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+    def text(self) -> str:
+        lines = [self.header(), self.context, ""]
+        lines += [
+            "| render | mode | chunk | stage 1 ms | peak GiB | reserved GiB | speed-up | whole edit |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        baselines = {row.resolution: row.ms for row in self.stage1 if row.mode == "authors" and row.ms}
+        for row in sorted(self.stage1, key=lambda r: (r.resolution, SHOWN.index(r.mode), -r.chunk)):
+            cells = [str(row.resolution), row.mode, str(row.chunk)]
+            if row.ms is None:
+                lines.append("| " + " | ".join(cells + [row.status, "", "", "", ""]) + " |")
+                continue
+            base = baselines.get(row.resolution)
+            mode = self.modes.get(row.mode)
+            hours = "-"
+            if mode is not None and mode.stage2_ms is not None:
+                hours = f"{(PDS_ITERATIONS * row.ms + REFINEMENT_ITERATIONS * mode.stage2_ms) / 3.6e6:.2f} h"
+            cells += [f"{row.ms:.1f}", _gib(row.peak_gib), _gib(row.reserved_gib), f"{base / row.ms:.2f}x" if base else "-", hours]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "| mode | diffusion half ms | stage 2 ms | nerfacto ms | stage 2 / nerfacto | encoding |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
+        for mode in sorted(self.modes.values(), key=lambda r: SHOWN.index(r.mode)):
+            if mode.status != "ok":
+                lines.append(f"| {mode.mode} | {mode.status} | | | | {mode.encoding} |")
+                continue
+            assert mode.diffusion_ms is not None and mode.stage2_ms is not None and mode.nerfacto_ms is not None
+            lines.append(
+                f"| {mode.mode} | {mode.diffusion_ms:.1f} | {mode.stage2_ms:.1f} | {mode.nerfacto_ms:.1f} "
+                f"| {mode.stage2_ms / mode.nerfacto_ms:.2f}x | {mode.encoding} |"
+            )
         lines.append(
-            f"{row.resolution:>7} {row.mode:>8} {row.chunk:>6} {row.stage1_ms:>11.1f} {peak:>9} {speedup:>9} {row.stage2_ms:>11.1f} "
-            f"{row.nerfacto_ms:>12.1f} {row.stage2_ms / row.nerfacto_ms:>11.2f}x {hours:>10.2f}h  {row.encoding}"
+            "stage 1: render + diffusion half + back-propagation + optimiser step. Stage 2 includes its SDEdit every "
+            "10 iterations, amortised. Whole edit = 30,000 x stage 1 + 15,000 x stage 2."
         )
-    lines.append("stage 2 ms includes its SDEdit every 10 iterations, amortised; whole edit = 30,000 x stage 1 + 15,000 x stage 2")
-    return "\n".join(lines)
+        return "\n".join(lines)
+
+
+def _gib(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def plan(modes: list[str], resolutions: list[int], chunks: list[int], default_chunk: int) -> Iterator[tuple[str, int, int]]:
+    """(mode, resolution, chunk) of every stage-1 row, in the order they are measured (see the module docstring)."""
+    for mode in sorted(modes, key=MODES.index):
+        if mode == "authors":  # its chunk size changes nothing that matters: every chunk's graph is kept
+            yield from ((mode, resolution, default_chunk) for resolution in sorted(resolutions))
+            continue
+        ordered = sorted(resolutions, reverse=True)
+        yield from ((mode, resolution, chunks[0]) for resolution in ordered)
+        yield from ((mode, ordered[0], chunk) for chunk in chunks[1:])  # at the largest size, where memory binds
 
 
 def resolve_prior(choice: str, device: torch.device, workdir: Path) -> Path:
@@ -213,17 +332,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--scene", default="auto", help="scene folder; auto: the face scene if present, else generated")
     parser.add_argument("--prior", default="auto", help="tiny, sd15 (random weights) or a pipeline folder; auto: sd15 on GPU")
     parser.add_argument("--resolutions", type=int, nargs="+", default=None, help="stage-1 render sizes (short side)")
-    parser.add_argument("--modes", nargs="+", default=None, choices=["authors", "ours", "triton"],
-                        help="default: authors ours, and triton on the GPU")  # fmt: skip
+    parser.add_argument("--modes", nargs="+", default=None, choices=MODES, help="default: authors ours, and triton on the GPU")
     parser.add_argument("--render-chunk-sizes", type=int, nargs="+", default=[0],
-                        help="rays per stage-1 chunk of ours and triton, one row each (--pipeline.render-chunk-size; "
-                             "0: the pipeline's default); e.g. 16384 8192 4096 for the memory of smaller cards")  # fmt: skip
+                        help="rays per stage-1 chunk of ours and triton (--pipeline.render-chunk-size; 0: the pipeline's "
+                             "default): the first at every render size, the others at the largest, one row each; "
+                             "e.g. 0 8192 4096 for the memory of smaller cards")  # fmt: skip
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations (median)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first")
     parser.add_argument("--device", default=None, help="cuda or cpu; default: cuda when available")
     parser.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
                         help="tiny nerfacto and a generated scene (default on CPU)")  # fmt: skip
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds after which no measurement starts (those left read 'skipped'); the report is still printed")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=None, help="markdown report, rewritten after every row (and a .json beside it)")
     args = parser.parse_args(argv)
+    started = time.monotonic()
+
+    def out_of_time() -> bool:
+        return args.time_budget is not None and time.monotonic() - started > args.time_budget
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tiny = device.type == "cpu" if args.tiny is None else args.tiny
     resolutions = args.resolutions or ([128, 256, 512] if not tiny else [32, 64])
@@ -238,25 +365,64 @@ def main(argv: Optional[list[str]] = None) -> int:
             scene = workdir / "scene"
             make_scene(scene, size=64 if tiny else 512, num_views=12, objects=("red sphere", "blue cube"))
         short_side = _short_side(scene)
+        if max(resolutions) > short_side:
+            parser.error(f"--resolutions: {max(resolutions)} is above the scene's short side ({short_side} px); renders are never upscaled")
         prior = resolve_prior(args.prior, device, workdir)
-        print(f"scene {scene} ({short_side} px), prior {prior}, device {device}", flush=True)
-        rows = []
-        for resolution in resolutions:
-            for mode in modes:
-                # the authors' way keeps every chunk's graph: its chunk size changes nothing that matters
-                for chunk_size in args.render_chunk_sizes if mode != "authors" else [0]:
-                    rows.append(
-                        measure_or_oom(scene, prior, device, mode, resolution, short_side, args.iterations,
-                                       args.warmup, tiny, chunk_size=chunk_size or None)  # fmt: skip
-                    )
-                    print(f"measured {mode} at {resolution} (chunk {chunk_size or 'default'})", flush=True)
-    print(table(rows, device))
+        context = f"scene {scene.name} ({short_side} px), prior {prior.name}, {args.iterations} timed iterations after {args.warmup}"
+        print(context, flush=True)
+        report = Report(device, context, args.output)
+        default_chunk = pds_method.config.pipeline.render_chunk_size
+        rows = list(plan(modes, resolutions, [chunk or default_chunk for chunk in args.render_chunk_sizes], default_chunk))
+        for mode in sorted(modes, key=MODES.index):
+            mode_rows = [row for row in rows if row[0] == mode]
+            if out_of_time():
+                for _, resolution, chunk in mode_rows:
+                    report.add(Stage1Row(mode, resolution, chunk, status=SKIPPED))
+                report.add(ModeRow(mode, status=SKIPPED))
+                continue
+            built = out_of_memory_guard(lambda: build(scene, prior, device, mode, tiny))
+            if built == OUT_OF_MEMORY:
+                for _, resolution, chunk in mode_rows:
+                    report.add(Stage1Row(mode, resolution, chunk, status=OUT_OF_MEMORY))
+                report.add(ModeRow(mode, status=OUT_OF_MEMORY))
+                continue
+            bench = ModeBench(*built, device, args.iterations, args.warmup)  # type: ignore[misc]
+            del built
+            for _, resolution, chunk in mode_rows:
+                row = Stage1Row(mode, resolution, chunk, status=SKIPPED)
+                if not out_of_time():
+                    result = out_of_memory_guard(lambda: bench.stage1(resolution / short_side, chunk))
+                    if result == OUT_OF_MEMORY:
+                        row.status = OUT_OF_MEMORY
+                        bench.optimizers.zero_grad_all()
+                    else:
+                        row.status = "ok"
+                        row.ms, row.peak_gib, row.reserved_gib = result  # type: ignore[misc]
+                report.add(row)
+                print(f"stage 1, {mode} at {resolution} (chunk {chunk}): {row.status if row.ms is None else f'{row.ms:.1f} ms'}", flush=True)
+            mode_row = ModeRow(mode, status=SKIPPED)
+            if not out_of_time():
+                diffusion = out_of_memory_guard(bench.diffusion_half)
+                stage2 = OUT_OF_MEMORY if diffusion == OUT_OF_MEMORY else out_of_memory_guard(bench.stage2)
+                if OUT_OF_MEMORY in (diffusion, stage2):
+                    mode_row.status = OUT_OF_MEMORY
+                else:
+                    mode_row.status = "ok"
+                    mode_row.diffusion_ms = diffusion  # type: ignore[assignment]
+                    mode_row.stage2_ms, mode_row.nerfacto_ms = stage2  # type: ignore[misc]
+            mode_row.encoding = encoding_in_use(bench.pipeline.model)
+            report.add(mode_row)
+            print(f"diffusion half, stage 2 and nerfacto of {mode}: {mode_row.status}", flush=True)
+            del bench
+            gc.collect()  # this mode's pipeline is freed before the next is built
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    print(report.text())
     return 0
 
 
 def _short_side(scene: Path) -> int:
     from PIL import Image
-    import json
 
     frame = json.loads((scene / "transforms.json").read_text())["frames"][0]
     with Image.open(scene / frame["file_path"]) as image:

@@ -3,19 +3,32 @@
 # transformers: installs nerfstudio, diffusers and their import-time needs from a folder of wheels (no
 # index, no dependencies resolved) into a private folder, then runs the benchmark from this checkout.
 #
-#   scripts/offline_benchmark.sh WHEEL_DIR [benchmark options...]
-#   e.g. scripts/offline_benchmark.sh .whl --scene path/to/in2n_face --iterations 20
+#   scripts/offline_benchmark.sh WHEEL_DIR [--checks] [benchmark options...]
+#   e.g. scripts/offline_benchmark.sh .whl --checks --scene path/to/in2n_face --time-budget 330 --output out/benchmark.md
 #
 # WHEEL_DIR: wheels of nerfstudio 1.1.5, diffusers and what they import (for this project's lent GPU,
 # ../shared/tools/gpu-wheels.sh downloads them). Nothing outside PDS_SITE (default /tmp/pds_site) changes.
+# --checks: first run tests/test_cuda.py (the fast paths against their plain references on the GPU); the
+# benchmark runs either way, and the script exits non-zero when a check failed.
 set -euo pipefail
-wheels=${1:?usage: scripts/offline_benchmark.sh WHEEL_DIR [benchmark options...]}
+wheels=${1:?usage: scripts/offline_benchmark.sh WHEEL_DIR [--checks] [benchmark options...]}
 shift
+checks=0
+if [ "${1:-}" = "--checks" ]; then checks=1; shift; fi
 site=${PDS_SITE:-/tmp/pds_site}
 ls "$wheels"/*.whl >/dev/null 2>&1 || { echo "no wheels in $wheels: download them first (pip download ... -d $wheels)" >&2; exit 2; }
+start=$(date +%s)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
-export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH"
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" PATH="$site/bin:$PATH" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 # pyliblzfse (nerfstudio imports it for Apple depth files) has no wheel for every Python: a stand-in lets it import.
 python3 -c "import pyliblzfse" 2>/dev/null || : >"$site/pyliblzfse.py"
+echo "wheels installed in $(($(date +%s) - start)) s"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+checks_rc=0
+if [ "$checks" = 1 ]; then
+  python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py || checks_rc=$?
+  echo "checks done at $(($(date +%s) - start)) s (exit status $checks_rc)"
+fi
 python3 scripts/benchmark.py "$@"
+echo "done in $(($(date +%s) - start)) s"
+exit "$checks_rc"

@@ -1,7 +1,8 @@
-"""scripts/benchmark.py runs on CPU at tiny sizes and prints its table (numbers are not asserted)."""
+"""scripts/benchmark.py runs on CPU at tiny sizes and prints its report (numbers are not asserted)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,21 +10,46 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_prints_a_row_per_mode(user_env: dict[str, str], tmp_path: Path) -> None:
+def _benchmark(args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--resolutions", "16", "--iterations", "1",
-         "--warmup", "0", "--device", "cpu"],
-        env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+         "--warmup", "0", "--device", "cpu", *args],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("GPU: "))
-    assert "none (CPU" in lines[header] and "torch" in lines[header] and "nerfstudio 1.1.5" in lines[header]
-    rows = [line.split() for line in lines[header + 2 : header + 4]]
-    assert [row[:2] for row in rows] == [["16", "authors"], ["16", "ours"]]
-    assert rows[0][5] == "1.00x" and rows[1][2] == "16384"  # speed-up against itself; the default chunk
-    assert all(row[-2].endswith("h") and row[-3].endswith("x") for row in rows)  # stage 2 / nerfacto, whole edit
-    assert [row[-1] for row in rows] == ["plain", "compile"]  # what computed the hash encodings
+    return lines[next(i for i, line in enumerate(lines) if line.startswith("GPU: ")) :]
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_benchmark_reports_stage1_rows_and_each_modes_costs(user_env: dict[str, str], tmp_path: Path) -> None:
+    report = _benchmark(["--output", str(tmp_path / "report.md")], user_env, tmp_path)
+    assert "none (CPU" in report[0] and "torch" in report[0] and "nerfstudio 1.1.5" in report[0]
+    stage1 = [_cells(line) for line in report[5:7]]
+    assert [row[:3] for row in stage1] == [["16", "authors", "16384"], ["16", "ours", "16384"]]  # the default chunk
+    assert stage1[0][6] == "1.00x" and stage1[1][6].endswith("x")  # speed-up against the baseline
+    assert all(row[7].endswith(" h") for row in stage1)  # whole edit, from this mode's stage-2 time
+    modes = [_cells(line) for line in report[10:12]]
+    assert [row[0] for row in modes] == ["authors", "ours"] and all(row[4].endswith("x") for row in modes)
+    assert [row[5] for row in modes] == ["plain", "compile"]  # what computed the hash encodings
+    assert (tmp_path / "report.md").read_text().splitlines() == report  # the file holds the printed report
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert [row["status"] for row in saved["stage1"] + saved["modes"]] == ["ok"] * 4
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(user_env: dict[str, str], tmp_path: Path) -> None:
+    report = _benchmark(["--time-budget", "0", "--render-chunk-sizes", "0", "4096"], user_env, tmp_path)
+    rows = [_cells(line) for line in report[5:8]]
+    assert [row[:4] for row in rows] == [
+        ["16", "authors", "16384", "skipped (time budget)"],
+        ["16", "ours", "16384", "skipped (time budget)"],
+        ["16", "ours", "4096", "skipped (time budget)"],
+    ]
+    assert all("skipped (time budget)" in line for line in report[11:13])
 
 
 def test_offline_benchmark_refuses_a_folder_without_wheels(tmp_path: Path) -> None:
