@@ -26,9 +26,10 @@ MODES = get_args(FastEncoding)
 RECOMPILE_LIMIT = 64
 """Graphs dynamo may build for ``pytorch_fwd`` (torch's default is 8, shared by every encoding of the process).
 
-dynamo guards on grad mode, inference mode and autocast, and on the table's shape: nerfacto's field
-and proposal tables times {training under autocast, its no-grad first pass, rendering without
-autocast, inference mode} already makes 8; past the limit dynamo runs the plain encoding without a word.
+dynamo guards on grad mode, inference mode and autocast, and on the table's shape: nerfacto's field and
+proposal table shapes times {training under autocast, its no-grad first pass, rendering without autocast}
+make 6 in an `ns-train pds` run on CUDA, and inference mode 2 more; past the limit dynamo runs the plain
+encoding without a word.
 """
 
 
@@ -53,7 +54,8 @@ class CompiledHashForward:
                     # turns dynamo's fallback to eager past `recompile_limit` graphs (8, shared by every
                     # encoding's `pytorch_fwd`) into FailOnRecompileLimitHit; the test checks no graph breaks.
                     self._compiled = torch.compile(self.encoding.pytorch_fwd, dynamic=True)
-                with torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)):
+                limit = max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit)
+                with torch._dynamo.config.patch(recompile_limit=limit):
                     return self._compiled(in_tensor)
             # torch 2.14: a compiler failure raises InductorError < BackendCompilerFailed < TorchDynamoException.
             except torch._dynamo.exc.TorchDynamoException as error:

@@ -84,7 +84,8 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     """Rays per chunk when stage 1 renders a whole view."""
     deferred_backprop: bool = True
     """Stage 1 keeps no render graph and re-renders chunk by chunk in back-propagation: same gradient,
-    memory of one chunk. False keeps every chunk's graph (the authors' way; the plain reference)."""
+    memory of one chunk (a view of one chunk is rendered once, with its graph). False keeps every chunk's
+    graph (the authors' way; the plain reference)."""
     fast_encoding: FastEncoding = "off"
     """Hash encoding of nerfacto's field and proposal networks when tiny-cuda-nn is absent. compile: nerfstudio's
     torch encoding under torch.compile (fused kernels, same values and gradients; compiled on first use, the

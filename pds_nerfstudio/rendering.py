@@ -41,12 +41,14 @@ def render_view(
     deferred: keep no chunk's autograd graph; back-propagation re-renders one chunk at a time
     (activation checkpointing with the forward's RNG state, so jittered samples are identical).
     Same gradient as the plain path (deferred=False, every chunk's graph kept), with the memory
-    of one chunk.
+    of one chunk. A view of one chunk keeps its graph either way: re-rendering it would cost a
+    forward pass and hold the same one chunk's graph during back-propagation.
     """
     rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
     height, width = rays.shape[:2]
     flat = rays.flatten()
     num_rays = len(flat)
+    deferred = deferred and num_rays > chunk_size
     rgb_chunks = []
     interlevel = torch.zeros((), device=flat.origins.device)
     distortion = torch.zeros((), device=flat.origins.device)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import functools
 import gc
 import json
 import os
@@ -36,12 +37,16 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable, Iterator, Optional
+from unittest import mock
 
 import torch
+
+import pds_nerfstudio.pipeline as pipeline_module
 
 from pds_nerfstudio.fast_encoding import encoding_in_use
 from pds_nerfstudio.fixtures.procedural_scene import make_scene
@@ -161,30 +166,61 @@ class ModeBench:
 
         return step
 
+    def pipeline_step(self) -> Callable[[int], None]:
+        """A training iteration of the `pds` pipeline at a global step, whose stage decides what it does."""
+        return self.train_step(lambda step: self.pipeline.get_train_loss_dict(step)[1])
+
     def steps(self, start: int, every: int = 1) -> range:
         return range(start, start + every * (self.warmup + self.iterations), every)
 
+    def render_at(self, scale: float, chunk: int) -> int:
+        """Stage 1 renders at `scale` of the training resolution, `chunk` rays at a time; returns its first step."""
+        self.pipeline.config.render_scale, self.pipeline.config.render_chunk_size = scale, chunk
+        return self.pipeline.schedule.start(Stage.PDS)
+
     def stage1(self, scale: float, chunk: int) -> tuple[float, Optional[float], Optional[float]]:
         """(ms, peak allocated GiB, peak reserved GiB) of a stage-1 iteration at render `scale` and `chunk` rays."""
-        pipeline = self.pipeline
-        pipeline.config.render_scale = scale
-        pipeline.config.render_chunk_size = chunk
+        start = self.render_at(scale, chunk)
         cuda = self.device.type == "cuda"
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
-        step = self.train_step(lambda s: pipeline.get_train_loss_dict(s)[1])
-        ms = median_ms(step, self.steps(pipeline.schedule.start(Stage.PDS)), self.warmup, self.device)
+        ms = median_ms(self.pipeline_step(), self.steps(start), self.warmup, self.device)
         if not cuda:
             return ms, None, None
         return ms, torch.cuda.max_memory_allocated(self.device) / 2**30, torch.cuda.max_memory_reserved(self.device) / 2**30
 
+    def profile_stage1(self, scale: float, chunk: int) -> str:
+        """torch.profiler's table of one warm stage-1 iteration: operators by their own device (or CPU) time, and the
+        ranges "pds: render forward" (without graph when deferred) and "pds: diffusion half forward"; back-propagation
+        is the rest."""
+        pipeline, cuda = self.pipeline, self.device.type == "cuda"
+        start, step = self.render_at(scale, chunk), self.pipeline_step()
+        step(start)  # warm at this size
+
+        def labelled(function: Callable, name: str) -> Callable:
+            def run(*args, **kwargs):
+                with torch.profiler.record_function(name):
+                    return function(*args, **kwargs)
+
+            return run
+
+        activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+        render, guidance = pipeline_module.render_view, pipeline.guidance_loss
+        with ExitStack() as stack:
+            stack.enter_context(mock.patch.object(pipeline_module, "render_view", labelled(render, "pds: render forward")))
+            stack.enter_context(mock.patch.object(pipeline, "guidance_loss", labelled(guidance, "pds: diffusion half forward")))
+            with torch.profiler.profile(activities=activities) as profile:
+                step(start + 1)
+                synchronize(self.device)
+        sort = "self_device_time_total" if cuda else "self_cpu_time_total"
+        return profile.key_averages().table(sort_by=sort, row_limit=40)
+
     def diffusion_half(self) -> float:
         """ms of `PDSPipeline.guidance_loss` and its backward into a full-resolution image (no render)."""
         pipeline = self.pipeline
-        pipeline.config.render_scale = 1.0
-        cameras, start = pipeline.render_cameras(), pipeline.schedule.start(Stage.PDS)
-        view = pipeline.view_for_step(start)
+        start = self.render_at(1.0, pipeline.config.render_chunk_size)
+        cameras, view = pipeline.render_cameras(), pipeline.view_for_step(start)
         rgb = torch.rand(int(cameras.height[view]), int(cameras.width[view]), 3, device=self.device, requires_grad=True)
 
         def run(step: int) -> None:
@@ -199,11 +235,11 @@ class ModeBench:
         """(ms of a stage-2 iteration with its SDEdit amortised, ms of a plain nerfacto iteration)."""
         pipeline, manager = self.pipeline, self.pipeline.datamanager
         # stage 2 starts from the stage-1 renders; the originals stand in for them
-        pipeline.stage1_renders = torch.stack([manager.original_image(v)[..., :3].cpu() for v in range(manager.num_train_images)])
-        every = pipeline.config.sdedit_every
-        run_step = self.train_step(lambda s: pipeline.get_train_loss_dict(s)[1])
-        start = pipeline.schedule.start(Stage.REFINEMENT)
-        stage2 = median_ms(lambda s: [run_step(s + i) for i in range(every)], self.steps(start, every), self.warmup, self.device)
+        originals = [manager.original_image(view)[..., :3].cpu() for view in range(manager.num_train_images)]
+        pipeline.stage1_renders = torch.stack(originals)
+        every, run_step = pipeline.config.sdedit_every, self.pipeline_step()
+        blocks = self.steps(pipeline.schedule.start(Stage.REFINEMENT), every)
+        stage2 = median_ms(lambda s: [run_step(s + i) for i in range(every)], blocks, self.warmup, self.device)
         nerfacto_step = self.train_step(lambda s: super(PDSPipeline, pipeline).get_train_loss_dict(s)[1])
         nerfacto = median_ms(nerfacto_step, self.steps(0), self.warmup, self.device)
         return stage2 / every, nerfacto
@@ -244,7 +280,8 @@ class Report:
             self.output.with_suffix(".json").write_text(json.dumps(self.as_json(), indent=1) + "\n")
 
     def as_json(self) -> dict:
-        return {"header": self.header(), "stage1": [vars(r) for r in self.stage1], "modes": [vars(r) for r in self.modes.values()]}
+        stage1, modes = [vars(row) for row in self.stage1], [vars(row) for row in self.modes.values()]
+        return {"header": self.header(), "context": self.context, "stage1": stage1, "modes": modes}
 
     def header(self) -> str:
         import diffusers
@@ -278,7 +315,8 @@ class Report:
             hours = "-"
             if mode is not None and mode.stage2_ms is not None:
                 hours = f"{(PDS_ITERATIONS * row.ms + REFINEMENT_ITERATIONS * mode.stage2_ms) / 3.6e6:.2f} h"
-            cells += [f"{row.ms:.1f}", _gib(row.peak_gib), _gib(row.reserved_gib), f"{base / row.ms:.2f}x" if base else "-", hours]
+            speedup = f"{base / row.ms:.2f}x" if base else "-"
+            cells += [f"{row.ms:.1f}", _gib(row.peak_gib), _gib(row.reserved_gib), speedup, hours]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -316,6 +354,57 @@ def plan(modes: list[str], resolutions: list[int], chunks: list[int], default_ch
         yield from ((mode, ordered[0], chunk) for chunk in chunks[1:])  # at the largest size, where memory binds
 
 
+def measure_mode(
+    mode: str,
+    rows: list[tuple[int, int]],
+    build_mode: Callable[[], tuple],
+    args: argparse.Namespace,
+    short_side: int,
+    out_of_time: Callable[[], bool],
+    report: Report,
+) -> None:
+    """Builds `mode`'s pipeline and adds its stage-1 rows ((resolution, chunk) each), its profile and its mode row."""
+    built = SKIPPED if out_of_time() else out_of_memory_guard(build_mode)
+    if built in (SKIPPED, OUT_OF_MEMORY):
+        for resolution, chunk in rows:
+            report.add(Stage1Row(mode, resolution, chunk, status=built))  # type: ignore[arg-type]
+        report.add(ModeRow(mode, status=built))  # type: ignore[arg-type]
+        return
+    bench = ModeBench(*built, report.device, args.iterations, args.warmup)  # type: ignore[misc]
+    for resolution, chunk in rows:
+        row = Stage1Row(mode, resolution, chunk, status=SKIPPED)
+        if not out_of_time():
+            result = out_of_memory_guard(lambda: bench.stage1(resolution / short_side, chunk))
+            if result == OUT_OF_MEMORY:
+                row.status = OUT_OF_MEMORY
+                bench.optimizers.zero_grad_all()
+            else:
+                row.status = "ok"
+                row.ms, row.peak_gib, row.reserved_gib = result  # type: ignore[misc]
+        report.add(row)
+        measured = row.status if row.ms is None else f"{row.ms:.1f} ms"
+        print(f"stage 1, {mode} at {resolution} (chunk {chunk}): {measured}", flush=True)
+    if args.profile and not out_of_time():
+        path = args.output.with_name(f"{args.output.stem}-profile-{mode}.txt")
+        largest, chunk = max(resolution for resolution, _ in rows), rows[0][1]
+        table = out_of_memory_guard(lambda: bench.profile_stage1(largest / short_side, chunk))
+        path.write_text(f"{report.header()}\none stage-1 iteration of {mode} at {largest} px, chunk {chunk}\n{table}\n")
+        print(f"profile of {mode} written to {path}", flush=True)
+    mode_row = ModeRow(mode, status=SKIPPED)
+    if not out_of_time():
+        diffusion = out_of_memory_guard(bench.diffusion_half)
+        stage2 = OUT_OF_MEMORY if diffusion == OUT_OF_MEMORY else out_of_memory_guard(bench.stage2)
+        if OUT_OF_MEMORY in (diffusion, stage2):
+            mode_row.status = OUT_OF_MEMORY
+        else:
+            mode_row.status = "ok"
+            mode_row.diffusion_ms = diffusion  # type: ignore[assignment]
+            mode_row.stage2_ms, mode_row.nerfacto_ms = stage2  # type: ignore[misc]
+    mode_row.encoding = encoding_in_use(bench.pipeline.model)
+    report.add(mode_row)
+    print(f"diffusion half, stage 2 and nerfacto of {mode}: {mode_row.status}", flush=True)
+
+
 def resolve_prior(choice: str, device: torch.device, workdir: Path) -> Path:
     if choice == "auto":
         choice = "sd15" if device.type == "cuda" else "tiny"
@@ -343,9 +432,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--tiny", action=argparse.BooleanOptionalAction, default=None,
                         help="tiny nerfacto and a generated scene (default on CPU)")  # fmt: skip
     parser.add_argument("--time-budget", type=float, default=None,
-                        help="seconds after which no measurement starts (those left read 'skipped'); the report is still printed")  # fmt: skip
-    parser.add_argument("--output", type=Path, default=None, help="markdown report, rewritten after every row (and a .json beside it)")
+                        help="seconds after which no measurement starts (those left read 'skipped'); "
+                             "the report is still printed")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=None,
+                        help="markdown report, rewritten after every row (and a .json beside it)")  # fmt: skip
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one stage-1 iteration of each mode at the largest size (torch.profiler's operator "
+                             "table), written beside --output as <name>-profile-<mode>.txt")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.profile and args.output is None:
+        parser.error("--profile writes beside the report: give --output too")
     started = time.monotonic()
 
     def out_of_time() -> bool:
@@ -366,54 +462,17 @@ def main(argv: Optional[list[str]] = None) -> int:
             make_scene(scene, size=64 if tiny else 512, num_views=12, objects=("red sphere", "blue cube"))
         short_side = _short_side(scene)
         if max(resolutions) > short_side:
-            parser.error(f"--resolutions: {max(resolutions)} is above the scene's short side ({short_side} px); renders are never upscaled")
+            parser.error(f"--resolutions: {max(resolutions)} is above the scene's short side ({short_side} px)")
         prior = resolve_prior(args.prior, device, workdir)
-        context = f"scene {scene.name} ({short_side} px), prior {prior.name}, {args.iterations} timed iterations after {args.warmup}"
+        context = f"scene {scene.name} ({short_side} px), prior {prior.name}, median of {args.iterations} after {args.warmup}"
         print(context, flush=True)
         report = Report(device, context, args.output)
         default_chunk = pds_method.config.pipeline.render_chunk_size
         rows = list(plan(modes, resolutions, [chunk or default_chunk for chunk in args.render_chunk_sizes], default_chunk))
         for mode in sorted(modes, key=MODES.index):
-            mode_rows = [row for row in rows if row[0] == mode]
-            if out_of_time():
-                for _, resolution, chunk in mode_rows:
-                    report.add(Stage1Row(mode, resolution, chunk, status=SKIPPED))
-                report.add(ModeRow(mode, status=SKIPPED))
-                continue
-            built = out_of_memory_guard(lambda: build(scene, prior, device, mode, tiny))
-            if built == OUT_OF_MEMORY:
-                for _, resolution, chunk in mode_rows:
-                    report.add(Stage1Row(mode, resolution, chunk, status=OUT_OF_MEMORY))
-                report.add(ModeRow(mode, status=OUT_OF_MEMORY))
-                continue
-            bench = ModeBench(*built, device, args.iterations, args.warmup)  # type: ignore[misc]
-            del built
-            for _, resolution, chunk in mode_rows:
-                row = Stage1Row(mode, resolution, chunk, status=SKIPPED)
-                if not out_of_time():
-                    result = out_of_memory_guard(lambda: bench.stage1(resolution / short_side, chunk))
-                    if result == OUT_OF_MEMORY:
-                        row.status = OUT_OF_MEMORY
-                        bench.optimizers.zero_grad_all()
-                    else:
-                        row.status = "ok"
-                        row.ms, row.peak_gib, row.reserved_gib = result  # type: ignore[misc]
-                report.add(row)
-                print(f"stage 1, {mode} at {resolution} (chunk {chunk}): {row.status if row.ms is None else f'{row.ms:.1f} ms'}", flush=True)
-            mode_row = ModeRow(mode, status=SKIPPED)
-            if not out_of_time():
-                diffusion = out_of_memory_guard(bench.diffusion_half)
-                stage2 = OUT_OF_MEMORY if diffusion == OUT_OF_MEMORY else out_of_memory_guard(bench.stage2)
-                if OUT_OF_MEMORY in (diffusion, stage2):
-                    mode_row.status = OUT_OF_MEMORY
-                else:
-                    mode_row.status = "ok"
-                    mode_row.diffusion_ms = diffusion  # type: ignore[assignment]
-                    mode_row.stage2_ms, mode_row.nerfacto_ms = stage2  # type: ignore[misc]
-            mode_row.encoding = encoding_in_use(bench.pipeline.model)
-            report.add(mode_row)
-            print(f"diffusion half, stage 2 and nerfacto of {mode}: {mode_row.status}", flush=True)
-            del bench
+            mode_rows = [(resolution, chunk) for row_mode, resolution, chunk in rows if row_mode == mode]
+            build_mode = functools.partial(build, scene, prior, device, mode, tiny)
+            measure_mode(mode, mode_rows, build_mode, args, short_side, out_of_time, report)
             gc.collect()  # this mode's pipeline is freed before the next is built
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -10,6 +10,8 @@
 # ../shared/tools/gpu-wheels.sh downloads them). Nothing outside PDS_SITE (default /tmp/pds_site) changes.
 # --checks: first run tests/test_cuda.py (the fast paths against their plain references on the GPU); the
 # benchmark runs either way, and the script exits non-zero when a check failed.
+# PDS_TIME_BUDGET=SECONDS: no benchmark row starts later than this after the script started (passed on as
+# the benchmark's --time-budget, less what installing and the checks took).
 set -euo pipefail
 wheels=${1:?usage: scripts/offline_benchmark.sh WHEEL_DIR [--checks] [benchmark options...]}
 shift
@@ -29,6 +31,8 @@ if [ "$checks" = 1 ]; then
   python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py || checks_rc=$?
   echo "checks done at $(($(date +%s) - start)) s (exit status $checks_rc)"
 fi
-python3 scripts/benchmark.py "$@"
+budget=()
+if [ -n "${PDS_TIME_BUDGET:-}" ]; then budget=(--time-budget "$((PDS_TIME_BUDGET - ($(date +%s) - start)))"); fi
+python3 scripts/benchmark.py "${budget[@]}" "$@"
 echo "done in $(($(date +%s) - start)) s"
 exit "$checks_rc"

@@ -98,6 +98,7 @@ def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
         pds_iterations=4,
         refinement_iterations=25,
         log_every=1000,
+        render_chunk_size=512,  # two chunks of a 32x32 view: stage 1 defers back-propagation, as at real sizes
     )
     options.update(pipeline_options)
     return PDSPipelineConfig(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,7 +29,7 @@ def _cells(line: str) -> list[str]:
 
 
 def test_benchmark_reports_stage1_rows_and_each_modes_costs(user_env: dict[str, str], tmp_path: Path) -> None:
-    report = _benchmark(["--output", str(tmp_path / "report.md")], user_env, tmp_path)
+    report = _benchmark(["--output", str(tmp_path / "report.md"), "--profile"], user_env, tmp_path)
     assert "none (CPU" in report[0] and "torch" in report[0] and "nerfstudio 1.1.5" in report[0]
     stage1 = [_cells(line) for line in report[5:7]]
     assert [row[:3] for row in stage1] == [["16", "authors", "16384"], ["16", "ours", "16384"]]  # the default chunk
@@ -39,10 +42,22 @@ def test_benchmark_reports_stage1_rows_and_each_modes_costs(user_env: dict[str, 
     saved = json.loads((tmp_path / "report.json").read_text())
     assert [row["status"] for row in saved["stage1"] + saved["modes"]] == ["ok"] * 4
     assert not list(tmp_path.glob("*.partial"))
+    for mode in ("authors", "ours"):  # torch.profiler's operator table of one stage-1 iteration, with our two ranges
+        profile = (tmp_path / f"report-profile-{mode}.txt").read_text()
+        assert "pds: render forward" in profile and "pds: diffusion half forward" in profile and "aten::" in profile
 
 
-def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(user_env: dict[str, str], tmp_path: Path) -> None:
-    report = _benchmark(["--time-budget", "0", "--render-chunk-sizes", "0", "4096"], user_env, tmp_path)
+def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "benchmark", benchmark)  # its dataclasses look their module up
+    spec.loader.exec_module(benchmark)  # in-process: no pipeline is built, so no import time to pay again
+    args = ["--resolutions", "16", "--device", "cpu", "--time-budget", "0", "--render-chunk-sizes", "0", "4096"]
+    assert benchmark.main([*args, "--output", str(tmp_path / "report.md")]) == 0
+    report = capsys.readouterr().out.splitlines()
+    report = report[next(i for i, line in enumerate(report) if line.startswith("GPU: ")) :]
     rows = [_cells(line) for line in report[5:8]]
     assert [row[:4] for row in rows] == [
         ["16", "authors", "16384", "skipped (time budget)"],
@@ -50,6 +65,7 @@ def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(user_en
         ["16", "ours", "4096", "skipped (time budget)"],
     ]
     assert all("skipped (time budget)" in line for line in report[11:13])
+    assert (tmp_path / "report.md").read_text().splitlines() == report
 
 
 def test_offline_benchmark_refuses_a_folder_without_wheels(tmp_path: Path) -> None:

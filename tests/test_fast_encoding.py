@@ -87,18 +87,18 @@ def test_the_encoding_compiles_as_one_graph(fields) -> None:
     assert (explanation.graph_count, explanation.graph_break_count) == (1, 0), explanation.break_reasons
 
 
-def test_graphs_past_dynamos_recompile_limit_stay_compiled(fields, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_graphs_past_dynamos_recompile_limit_stay_compiled(fields) -> None:
     """Each of grad mode, inference mode and autocast needs a graph of its own: an `ns-train pds` run on CUDA
     uses 6 of torch's default limit of 8, past which dynamo silently runs the plain encoding. Here the
     limit is lowered to 1, so this mode's graph is past it."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     encoding = _encodings(fields[1])[0]
-    fields[1](_ray_samples(num_rays=8, num_samples=4))  # the training graph exists: the limit is reached
     counters = torch._dynamo.utils.counters
-    compiled_before = counters["frames"]["ok"]
-    positions = torch.rand(300, 3)
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        values = encoding(positions)
+    with torch._dynamo.config.patch(recompile_limit=1):  # (pytest's monkeypatch would delete the option on undo)
+        fields[1](_ray_samples(num_rays=8, num_samples=4))  # the training graph exists: the limit is reached
+        compiled_before = counters["frames"]["ok"]
+        positions = torch.rand(300, 3)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            values = encoding(positions)
     assert counters["frames"]["ok"] == compiled_before + 1  # compiled, not run as it is
     assert not [reason for reason in counters["unimplemented"] if "recompile limit" in reason.lower()]
     torch.testing.assert_close(values, encoding.pytorch_fwd(positions), rtol=0, atol=0)

@@ -21,11 +21,11 @@ def scene_model(tiny_scene: Path, tiny_prior_dir: Path):
     return pipeline.model, pipeline.datamanager.train_dataset.cameras
 
 
-def _gradients(model, cameras, deferred: bool, weight: torch.Tensor, since_update: int = 0):
+def _gradients(model, cameras, deferred: bool, weight: torch.Tensor, since_update: int = 0, chunk_size: int = 300):
     model.zero_grad()
     torch.manual_seed(7)  # same jittered samples on both paths
     model.proposal_sampler._steps_since_update = since_update
-    render = render_view(model, cameras, view=3, chunk_size=300, deferred=deferred)
+    render = render_view(model, cameras, view=3, chunk_size=chunk_size, deferred=deferred)
     (render.rgb * weight).sum().backward(retain_graph=True)  # two backward passes, as the pipeline test does
     (render.interlevel_loss + 0.1 * render.distortion_loss).backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
@@ -58,3 +58,19 @@ def test_prior_size_and_resize() -> None:
     assert prior_size(32, 32, 64, 8) == (64, 64)
     image = torch.rand(30, 40, 3)
     assert to_prior_input(image, (64, 88)).shape == (1, 3, 64, 88)
+
+
+def test_a_view_of_one_chunk_is_rendered_once_with_its_graph(scene_model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deferring a one-chunk view would render it twice for no memory gained: it keeps its graph, same gradient."""
+    model, cameras = scene_model
+    model.proposal_sampler.step_cb(0)
+    weight = torch.randn(32, 32, 3, generator=torch.Generator().manual_seed(1))
+    reference = _gradients(model, cameras, deferred=False, weight=weight, chunk_size=32 * 32)
+    calls = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, bundle: calls.append(len(bundle)) or forward(self, bundle))
+    one_chunk = _gradients(model, cameras, deferred=True, weight=weight, chunk_size=32 * 32)
+    assert calls == [32 * 32]  # one forward pass, none replayed in back-propagation
+    assert torch.equal(one_chunk[0], reference[0]) and one_chunk[1].keys() == reference[1].keys()
+    for name, grad in reference[1].items():  # the same operations; scatter-adds may sum in another order
+        torch.testing.assert_close(one_chunk[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
