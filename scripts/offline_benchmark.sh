@@ -4,7 +4,7 @@
 # index, no dependencies resolved) into a private folder, then runs the benchmark from this checkout.
 #
 #   scripts/offline_benchmark.sh WHEEL_DIR [--checks] [benchmark options...]
-#   e.g. scripts/offline_benchmark.sh .whl --checks --scene path/to/in2n_face --time-budget 330 --output out/benchmark.md
+#   e.g. PDS_TIME_BUDGET=450 scripts/offline_benchmark.sh .whl --checks --scene path/to/in2n_face --output out/benchmark.md
 #
 # WHEEL_DIR: wheels of nerfstudio 1.1.5, diffusers and what they import (for this project's lent GPU,
 # ../shared/tools/gpu-wheels.sh downloads them). Nothing outside PDS_SITE (default /tmp/pds_site) changes.

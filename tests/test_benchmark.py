@@ -48,13 +48,14 @@ def test_benchmark_reports_stage1_rows_and_each_modes_costs(user_env: dict[str, 
 
 
 def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
     benchmark = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "benchmark", benchmark)  # its dataclasses look their module up
     spec.loader.exec_module(benchmark)  # in-process: no pipeline is built, so no import time to pay again
-    args = ["--resolutions", "16", "--device", "cpu", "--time-budget", "0", "--render-chunk-sizes", "0", "4096"]
+    args = ["--resolutions", "16", "--device", "cpu", "--time-budget", "0", "--render-chunk-sizes", "0", "4096",
+            "--prior", str(tiny_prior_dir)]  # fmt: skip
     assert benchmark.main([*args, "--output", str(tmp_path / "report.md")]) == 0
     report = capsys.readouterr().out.splitlines()
     report = report[next(i for i, line in enumerate(report) if line.startswith("GPU: ")) :]
