@@ -41,7 +41,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 from unittest import mock
 
 import torch
@@ -264,6 +264,7 @@ class Report:
 
     def __init__(self, device: torch.device, context: str, output: Optional[Path]) -> None:
         self.device, self.context, self.output = device, context, output
+        self.header = _header(device)
         self.stage1: list[Stage1Row] = []
         self.modes: dict[str, ModeRow] = {}
 
@@ -281,25 +282,10 @@ class Report:
 
     def as_json(self) -> dict:
         stage1, modes = [vars(row) for row in self.stage1], [vars(row) for row in self.modes.values()]
-        return {"header": self.header(), "context": self.context, "stage1": stage1, "modes": modes}
-
-    def header(self) -> str:
-        import diffusers
-
-        if self.device.type == "cuda":
-            properties = torch.cuda.get_device_properties(self.device)
-            name = f"{properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
-        else:
-            name = f"none (CPU, {torch.get_num_threads()} threads)"
-        versions = f"torch {torch.__version__} | diffusers {diffusers.__version__} | nerfstudio {version('nerfstudio')}"
-        try:
-            versions += f" | triton {version('triton')}"
-        except PackageNotFoundError:
-            pass
-        return f"GPU: {name} | {versions} | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+        return {"header": self.header, "context": self.context, "stage1": stage1, "modes": modes}
 
     def text(self) -> str:
-        lines = [self.header(), self.context, ""]
+        lines = [self.header, self.context, ""]
         lines += [
             "| render | mode | chunk | stage 1 ms | peak GiB | reserved GiB | speed-up | whole edit |",
             "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -339,19 +325,34 @@ class Report:
         return "\n".join(lines)
 
 
+def _header(device: torch.device) -> str:
+    """The device, the versions that decide the numbers, and when the run started."""
+    import diffusers
+
+    if device.type == "cuda":
+        properties = torch.cuda.get_device_properties(device)
+        name = f"{properties.name} ({properties.total_memory / 2**30:.0f} GiB)"
+    else:
+        name = f"none (CPU, {torch.get_num_threads()} threads)"
+    versions = f"torch {torch.__version__} | diffusers {diffusers.__version__} | nerfstudio {version('nerfstudio')}"
+    try:
+        versions += f" | triton {version('triton')}"
+    except PackageNotFoundError:
+        pass
+    return f"GPU: {name} | {versions} | {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
 def _gib(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def plan(modes: list[str], resolutions: list[int], chunks: list[int], default_chunk: int) -> Iterator[tuple[str, int, int]]:
-    """(mode, resolution, chunk) of every stage-1 row, in the order they are measured (see the module docstring)."""
-    for mode in sorted(modes, key=MODES.index):
-        if mode == "authors":  # its chunk size changes nothing that matters: every chunk's graph is kept
-            yield from ((mode, resolution, default_chunk) for resolution in sorted(resolutions))
-            continue
-        ordered = sorted(resolutions, reverse=True)
-        yield from ((mode, resolution, chunks[0]) for resolution in ordered)
-        yield from ((mode, ordered[0], chunk) for chunk in chunks[1:])  # at the largest size, where memory binds
+def plan(mode: str, resolutions: list[int], chunks: list[int]) -> list[tuple[int, int]]:
+    """(resolution, chunk) of `mode`'s stage-1 rows, in the order they are measured (see the module docstring)."""
+    if mode == "authors":  # its chunk size changes nothing that matters: every chunk's graph is kept
+        return [(resolution, chunks[0]) for resolution in sorted(resolutions)]
+    ordered = sorted(resolutions, reverse=True)
+    # the other chunk sizes at the largest size only, where memory binds
+    return [(resolution, chunks[0]) for resolution in ordered] + [(ordered[0], chunk) for chunk in chunks[1:]]
 
 
 def measure_mode(
@@ -388,7 +389,7 @@ def measure_mode(
         path = args.output.with_name(f"{args.output.stem}-profile-{mode}.txt")
         largest, chunk = max(resolution for resolution, _ in rows), rows[0][1]
         table = out_of_memory_guard(lambda: bench.profile_stage1(largest / short_side, chunk))
-        path.write_text(f"{report.header()}\none stage-1 iteration of {mode} at {largest} px, chunk {chunk}\n{table}\n")
+        path.write_text(f"{report.header}\none stage-1 iteration of {mode} at {largest} px, chunk {chunk}\n{table}\n")
         print(f"profile of {mode} written to {path}", flush=True)
     mode_row = ModeRow(mode, status=SKIPPED)
     if not out_of_time():
@@ -467,12 +468,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         context = f"scene {scene.name} ({short_side} px), prior {prior.name}, median of {args.iterations} after {args.warmup}"
         print(context, flush=True)
         report = Report(device, context, args.output)
-        default_chunk = pds_method.config.pipeline.render_chunk_size
-        rows = list(plan(modes, resolutions, [chunk or default_chunk for chunk in args.render_chunk_sizes], default_chunk))
+        chunks = [chunk or pds_method.config.pipeline.render_chunk_size for chunk in args.render_chunk_sizes]
         for mode in sorted(modes, key=MODES.index):
-            mode_rows = [(resolution, chunk) for row_mode, resolution, chunk in rows if row_mode == mode]
             build_mode = functools.partial(build, scene, prior, device, mode, tiny)
-            measure_mode(mode, mode_rows, build_mode, args, short_side, out_of_time, report)
+            measure_mode(mode, plan(mode, resolutions, chunks), build_mode, args, short_side, out_of_time, report)
             gc.collect()  # this mode's pipeline is freed before the next is built
             if device.type == "cuda":
                 torch.cuda.empty_cache()

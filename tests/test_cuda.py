@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_pds_config
+from test_triton_hash_encoding import _assert_gradient_close, _values_and_gradients
 
 from nerfstudio.field_components.encodings import HashEncoding
 from pds_nerfstudio.fast_encoding import CompiledHashForward, TritonHashForward
@@ -40,20 +41,6 @@ def _encoding(levels: int, log2_size: int, max_res: int) -> HashEncoding:
         num_levels=levels, log2_hashmap_size=log2_size, max_res=max_res, implementation="torch", hash_init_scale=0.5
     )
     return encoding.to(DEVICE)
-
-
-def _values_and_gradients(encode, encoding: HashEncoding, positions: torch.Tensor):
-    x = positions.clone().requires_grad_()
-    encoding.hash_table.grad = None
-    values = encode(x)
-    weights = torch.randn(values.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
-    (values * weights).sum().backward()
-    return values.detach(), encoding.hash_table.grad.clone(), x.grad.clone()
-
-
-def _assert_gradient_close(value: torch.Tensor, reference: torch.Tensor, name: str = "") -> None:
-    # float32 sums of differently ordered products (atomic adds), relative to the largest entry
-    torch.testing.assert_close(value, reference, rtol=1e-5, atol=1e-6 * float(reference.abs().max()), msg=name)
 
 
 @pytest.mark.parametrize("levels, log2_size, max_res", NERFACTO_TABLES, ids=["field", "proposal-128", "proposal-256"])

@@ -45,7 +45,7 @@ def _values_and_gradients(encode, encoding: HashEncoding, positions: torch.Tenso
     x = positions.clone().requires_grad_()
     encoding.hash_table.grad = None
     values = encode(x)
-    weights = torch.randn(values.shape, generator=torch.Generator().manual_seed(1))
+    weights = torch.randn(values.shape, generator=torch.Generator().manual_seed(1)).to(values.device)
     (values * weights).sum().backward()
     return values.detach(), encoding.hash_table.grad.clone(), x.grad.clone()
 
