@@ -156,6 +156,107 @@ def z_to_ray_depth(z_depth: Float[np.ndarray, "h w"], dirs: Float[np.ndarray, "h
     return z_depth / (dirs @ forward)
 
 
+@dataclass(frozen=True)
+class SceneView:
+    """The truth of one view of a procedural scene: its image, object mask, ray depth and rays."""
+
+    name: str
+    image: Float[np.ndarray, "h w 3"]
+    mask: Bool[np.ndarray, "h w"]
+    depth: Float[np.ndarray, "h w"]
+    origin: Float[np.ndarray, "3"]
+    dirs: Float[np.ndarray, "h w 3"]
+
+
+@dataclass(frozen=True)
+class SceneTruth:
+    """Every view of a procedural scene (in ``transforms.json`` order), its geometry and its one object."""
+
+    views: tuple[SceneView, ...]
+    geometry: SceneGeometry
+    albedo: tuple[float, float, float]
+    """The object's source albedo (linear RGB)."""
+    colour: str
+    shape: str
+
+    def view(self, name: str) -> SceneView:
+        """The view whose image file is ``name`` (with or without extension)."""
+        stem = Path(name).stem
+        return next(v for v in self.views if v.name == stem)
+
+
+def load_scene_truth(scene: Path) -> SceneTruth:
+    """Reads a scene written by ``make_scene`` (transforms.json, images, masks, depth, scene.json)."""
+    import json
+
+    from PIL import Image
+
+    meta = json.loads((scene / "transforms.json").read_text())
+    info = json.loads((scene / "scene.json").read_text())
+    objects = info["objects"]
+    centre = np.mean([o["centre"] for o in objects], axis=0)
+    radius = max(np.linalg.norm(np.asarray(o["centre"]) - centre) + o["size"] * math.sqrt(3) for o in objects) * 1.05
+    geometry = SceneGeometry(extent=float(info["extent"]), content_centre=centre, content_radius=float(radius))
+    views = []
+    for frame in meta["frames"]:
+        name = Path(frame["file_path"]).stem
+        pose = np.asarray(frame["transform_matrix"])
+        origin, dirs = pixel_rays(pose, meta["fl_x"], meta["cx"], meta["cy"], meta["w"], meta["h"])
+        depth = z_to_ray_depth(np.load(scene / "depth" / f"{name}.npy"), dirs, pose)
+        image = np.asarray(Image.open(scene / "images" / f"{name}.png").convert("RGB"), dtype=np.float64) / 255
+        mask = np.asarray(Image.open(scene / "masks" / f"{name}.png")) > 0
+        views.append(SceneView(name, image, mask, depth, origin, dirs))
+    obj = objects[0]
+    return SceneTruth(tuple(views), geometry, tuple(obj["rgb"]), obj["colour"], obj["shape"])
+
+
+def read_colour(image: Float[np.ndarray, "h w 3"], view: SceneView, albedo: tuple[float, float, float]) -> str:
+    """The palette colour that the object of ``image`` (a render of ``view``) reads as; "" where it is hidden."""
+    estimate = estimated_albedo(image, view.image, albedo, erode(view.mask))
+    return "" if estimate is None else nearest_colour(estimate)
+
+
+def fraction_reading(colours: list[str], colour: str) -> float:
+    """Fraction of the views where the object is seen that read as ``colour`` (0 when none is seen)."""
+    seen = [c for c in colours if c]
+    return sum(c == colour for c in seen) / len(seen) if seen else 0.0
+
+
+@dataclass(frozen=True)
+class StageRenderMeasures:
+    """How a stage's renders of the training views (a run's renders/<stage>/) read, against the scene's truth."""
+
+    colours: tuple[str, ...]
+    """The colour each view's object reads as ("" where it is hidden), in file-name order."""
+    background_psnr: float
+    """Mean over views of the PSNR outside the object mask against the reference renders (inf when identical)."""
+
+    def reading(self, colour: str) -> tuple[int, int]:
+        """(views whose object reads as ``colour``, views where the object is seen)."""
+        seen = [c for c in self.colours if c]
+        return sum(c == colour for c in seen), len(seen)
+
+
+def measure_stage_renders(renders: Path, reference: Path, truth: SceneTruth) -> StageRenderMeasures:
+    """Reads every PNG of the folder ``renders`` (named as the scene's images) as in :func:`read_colour`, and
+    its background against the PNG of the same name in ``reference`` (e.g. renders/reconstruction/)."""
+    from PIL import Image
+
+    def load(path: Path) -> np.ndarray:
+        return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255
+
+    paths = sorted(renders.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no renders in {renders}")
+    colours, psnrs = [], []
+    for path in paths:
+        view, image = truth.view(path.name), load(path)
+        colours.append(read_colour(image, view, truth.albedo))
+        psnrs.append(psnr(image, load(reference / path.name), ~view.mask))
+    finite = [value for value in psnrs if math.isfinite(value)]
+    return StageRenderMeasures(tuple(colours), float(np.mean(finite)) if finite else math.inf)
+
+
 def clip_directional_similarity(
     model_dir: str | Path,
     source_images: Float[np.ndarray, "views h w 3"],

@@ -25,7 +25,7 @@ from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataPars
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
-from nerfstudio.utils.rich_utils import CONSOLE
+from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
 from pds_nerfstudio.datamanager import PDSDataManager, PDSDataManagerConfig
@@ -95,9 +95,14 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     where CUDA is available, else off: on CPU the first use compiles for about half a minute per encoding
     shape, more than short CPU runs gain."""
     pds_loss_mult: float = 1.0
-    """Weight of the guidance loss against nerfacto's proposal losses in stage 1."""
+    """Weight of the guidance loss in stage 1."""
+    pds_proposal_losses: bool = False
+    """Add nerfacto's proposal losses (interlevel and distortion) to stage 1, so that the proposal networks
+    follow geometry that the guidance changes. Off: stage 1 has the guidance loss alone, as in the authors'
+    code; the proposal networks are retrained in stage 2 by nerfacto's own losses."""
     sdedit_every: int = 10
-    """Stage 2 replaces one training image every this many iterations."""
+    """Stage 2 replaces one training image every this many iterations, visiting every view once per cycle
+    (in an order drawn from the seed)."""
     sdedit_guidance_scale: float = 15.0
     """Classifier-free guidance of stage 2's SDEdit."""
     sdedit_num_inference_steps: int = 20
@@ -244,6 +249,30 @@ class PDSPipeline(VanillaPipeline):
                 self._source_latents[key] = self.prior().encode(to_prior_input(image, size))
         return self._source_latents[key]
 
+    # ------------------------------------------------------------ edit setup
+
+    def freeze_for_edit(self) -> List[torch.nn.Parameter]:
+        """Freezes what the edit stages must not train; returns the frozen parameters. Idempotent.
+
+        - nerfacto's camera optimiser: the poses stay where the reconstruction put them (the authors
+          freeze them with a learning rate of 1e-30); the guidance gradient would move the cameras.
+        - the per-view appearance codes, when the scene has them (stock `ns-train nerfacto`): every
+          code becomes their average, which is what nerfacto renders held-out views with, and is frozen,
+          so that the edit goes into the scene, not into one code per view, and every view, rendered in
+          training or by `ns-render`, shows the same scene.
+        """
+        frozen = list(self.model.camera_optimizer.parameters()) if hasattr(self.model, "camera_optimizer") else []
+        embedding = getattr(getattr(self.model, "field", None), "embedding_appearance", None)
+        if embedding is not None:
+            with torch.no_grad():
+                weight = embedding.embedding.weight
+                weight.copy_(weight.mean(dim=0, keepdim=True).expand_as(weight))
+            frozen += list(embedding.parameters())
+        for parameter in frozen:
+            parameter.requires_grad_(False)
+            parameter.grad = None
+        return frozen
+
     # --------------------------------------------------------------- training
 
     def get_train_loss_dict(self, step: int):
@@ -301,12 +330,10 @@ class PDSPipeline(VanillaPipeline):
             self.model, self.render_cameras(), view, config.render_chunk_size, deferred=config.deferred_backprop
         )
         guidance_loss, result = self.guidance_loss(render.rgb, view, step)
-        model_config = self.model.config
-        loss_dict = {
-            "guidance_loss": guidance_loss,
-            "interlevel_loss": model_config.interlevel_loss_mult * render.interlevel_loss,
-            "distortion_loss": model_config.distortion_loss_mult * render.distortion_loss,
-        }
+        loss_dict = {"guidance_loss": guidance_loss}
+        if config.pds_proposal_losses:
+            loss_dict["interlevel_loss"] = self.model.config.interlevel_loss_mult * render.interlevel_loss
+            loss_dict["distortion_loss"] = self.model.config.distortion_loss_mult * render.distortion_loss
         # tensors, not floats: nerfstudio reads them only on logging steps, so no step waits for the GPU here
         metrics_dict = {"timestep": result.t[0].detach(), "view": float(view), "grad_norm": result.grad.detach().norm()}
         if (step - self.schedule.start(Stage.PDS)) % config.log_every == 0:
@@ -339,7 +366,7 @@ class PDSPipeline(VanillaPipeline):
         return config.pds_loss_mult * surrogate_loss(x0_tgt, result.grad).to(self.device), result
 
     def _log_guidance(self, step: int, view: int, render: Tensor, grad: Tensor) -> None:
-        """source | render | gradient magnitude, to tensorboard and the run folder."""
+        """source | render | gradient magnitude, to tensorboard and to run_dir/logs/step-<step>_<image name>.png."""
         height, width = render.shape[:2]
         source = self.datamanager.original_image(view)[..., :3].to(render.device)
         source = from_prior_output(to_prior_input(source, (height, width)), (height, width))
@@ -349,31 +376,45 @@ class PDSPipeline(VanillaPipeline):
         panel = torch.cat([source, render.clamp(0, 1), magnitude], dim=1)
         writer.put_image(name="PDS/source | render | gradient", image=panel, step=step)
         if self.run_dir is not None:
-            save_png(panel, self.run_dir / "logs" / f"step-{step:09d}.png")
+            name = Path(self.datamanager.train_dataparser_outputs.image_filenames[view]).stem
+            save_png(panel, self.run_dir / "logs" / f"step-{step:09d}_{name}.png")
 
     def _refine_images(self, step: int) -> None:
-        """SPEC stage 2: every `sdedit_every` steps, one random training image becomes the SDEdit of its stage-1 render."""
-        if self.stage1_renders is None:  # a run that starts in stage 2 renders the stage-1 result now
-            self.stage1_renders = self.render_training_views(Stage.PDS)
+        """SPEC stage 2: every `sdedit_every` steps, one training image becomes the SDEdit of its stage-1 render."""
+        if self.stage1_renders is None:  # a run that starts in stage 2: the stage-1 result, read or rendered now
+            renders = self._read_renders(self.run_dir, Stage.PDS) if self.run_dir is not None else None
+            self.begin_refinement(renders if renders is not None else self.render_training_views(Stage.PDS))
         if self._is_sdedit_step(step):
             self._replace_with_sdedit(step)
+
+    def begin_refinement(self, renders: Float[Tensor, "num_images height width 3"]) -> None:
+        """Stage 2 trains on the stage-1 renders of every training view (the authors train their refinement on
+        the PDS run's renders): every training image becomes its view's render, opaque."""
+        self.stage1_renders = renders
+        for view in range(self.datamanager.num_train_images):
+            self._set_training_image(view, renders[view])
+
+    def _set_training_image(self, view: int, image: Float[Tensor, "height width 3"]) -> None:
+        current = self.datamanager.current_image(view)
+        if current.shape[-1] == 4:  # RGBA training images: a render is the whole picture, background included
+            image = torch.cat([image.to(current), torch.ones_like(current[..., 3:])], dim=-1)
+        self.datamanager.replace_image(view, image)
 
     def _is_sdedit_step(self, step: int) -> bool:
         return (step - self.schedule.start(Stage.REFINEMENT)) % self.config.sdedit_every == 0
 
     def sdedit_view(self, step: int) -> int:
-        """The training view that SDEdit step `step` replaces."""
-        return self._sdedit_draw(step)[0]
-
-    def _sdedit_draw(self, step: int) -> Tuple[int, torch.Generator]:
-        """The view of SDEdit step `step` (first draw of its generator) and the generator, for its later draws."""
-        generator = step_generator(self.config.seed, step, 1)
-        return int(torch.randint(self.datamanager.num_train_images, (), generator=generator)), generator
+        """The training view that SDEdit step `step` replaces: every view once per cycle of `num_train_images`
+        SDEdit steps, in an order drawn from (seed, cycle), so that no view keeps its stage-1 render for long."""
+        index = (step - self.schedule.start(Stage.REFINEMENT)) // self.config.sdedit_every
+        cycle, position = divmod(index, self.datamanager.num_train_images)
+        order = torch.randperm(self.datamanager.num_train_images, generator=step_generator(self.config.seed, cycle, 2))
+        return int(order[position])
 
     def _replace_with_sdedit(self, step: int) -> None:
         """Replaces the training image of `sdedit_view(step)`; a function of the step, the renders and the options."""
         config = self.config
-        view, generator = self._sdedit_draw(step)
+        view, generator = self.sdedit_view(step), step_generator(config.seed, step, 1)
         assert self.stage1_renders is not None
         source = self.stage1_renders[view].to(self.device)
         height, width = source.shape[:2]
@@ -393,29 +434,28 @@ class PDSPipeline(VanillaPipeline):
                 generator=generator,
             )
             image = from_prior_output(prior.decode(edited), (height, width))
-        current = self.datamanager.current_image(view)
-        if current.shape[-1] == 4:  # RGBA training images keep their alpha
-            image = torch.cat([image.to(current), current[..., 3:]], dim=-1)
-        self.datamanager.replace_image(view, image)
+        self._set_training_image(view, image)
         self.last_refined_view = view
 
     def restore_edits(self, start_step: int, previous_run: Optional[Path]) -> int:
-        """Makes the training images what they were when a killed run reached `start_step`; returns how many.
+        """Makes the training images what they were when a killed run reached `start_step`; returns how many
+        SDEdits were replayed.
 
-        Each image is the SDEdit of the last stage-2 step that chose its view; those steps, and
-        the SDEdits themselves, are functions of the step (see `step_generator`), so they are
-        recomputed rather than stored. The stage-1 renders come from the earlier run's
-        renders/pds/ folder (written as PNG, and kept in memory quantised the same way).
+        In stage 2 every image starts as its view's stage-1 render and is then the SDEdit of the last
+        stage-2 step that chose its view; those steps, and the SDEdits themselves, are functions of the
+        step (see `step_generator`), so they are recomputed rather than stored. The stage-1 renders come
+        from the earlier run's renders/pds/ folder (written as PNG, and kept in memory quantised the same way).
         """
         start = self.schedule.start(Stage.REFINEMENT)
-        if start_step <= start:
+        if start_step < start or start_step >= self.schedule.total:
             return 0
-        self.stage1_renders = self._read_renders(previous_run, Stage.PDS) if previous_run is not None else None
-        if self.stage1_renders is None:
+        renders = self._read_renders(previous_run, Stage.PDS) if previous_run is not None else None
+        if renders is None:
             CONSOLE.print("[bold yellow]Stage-1 renders of the earlier run not found: rendering the loaded scene instead")
-            self.stage1_renders = self.render_training_views(Stage.PDS)
+            renders = self.render_training_views(Stage.PDS)
         else:
-            self._write_renders(self.stage1_renders, Stage.PDS)
+            self._write_renders(renders, Stage.PDS)
+        self.begin_refinement(renders)
         last_step_of_view = {self.sdedit_view(step): step for step in range(start, start_step, self.config.sdedit_every)}
         for step in sorted(last_step_of_view.values()):
             self._replace_with_sdedit(step)
@@ -430,9 +470,10 @@ class PDSPipeline(VanillaPipeline):
         self.model.eval()
         cameras = self.datamanager.train_dataset.cameras.to(self.device)
         renders = []
-        for view in range(self.datamanager.num_train_images):
-            rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
-            renders.append(self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"].clamp(0, 1).cpu())
+        with get_progress(f"Rendering every training view at the end of stage {list(Stage).index(stage)}") as progress:
+            for view in progress.track(range(self.datamanager.num_train_images)):
+                rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
+                renders.append(self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"].clamp(0, 1).cpu())
         self.model.train(was_training)
         stacked = (torch.stack(renders) * 255).round() / 255  # what the PNGs hold, so a resumed run sees the same
         self._write_renders(stacked, stage)
@@ -466,6 +507,6 @@ class PDSPipeline(VanillaPipeline):
             return
         stage = self.schedule.stage_at(step)
         renders = self.render_training_views(stage)
-        if stage is Stage.PDS:
-            self.stage1_renders = renders
+        if stage is Stage.PDS and self.schedule.refinement > 0:
+            self.begin_refinement(renders)
 

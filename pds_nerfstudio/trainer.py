@@ -3,6 +3,8 @@
 - The run ends at the global step where the last stage ends, whatever step it starts at
   (nerfstudio 1.1.5 runs `--max-num-iterations` more steps after a loaded checkpoint).
 - nerfstudio's progress column (step, percent, ETA) counts toward that global step.
+- A checkpoint is saved at the end of every stage, so that each stage's result can be loaded.
+- Each edit stage starts with fresh optimisers (`edit_optimizers`) and frozen camera poses.
 - A checkpoint of another method (stock `ns-train nerfacto`, `pds-nerfacto`) is a starting
   scene: its model weights load, its optimiser state is ignored, and the run starts where
   stage 1 starts, skipping reconstruction. A `pds` checkpoint resumes exactly.
@@ -17,6 +19,8 @@ from typing import Any, Dict, Literal, Optional, Type
 
 import torch
 
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
@@ -26,12 +30,35 @@ from pds_nerfstudio.pipeline import PDS_MARKER, NonFiniteTrainingError, PDSPipel
 from pds_nerfstudio.prior import PriorLoadError
 from pds_nerfstudio.stages import Stage
 
+APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
+"""Where a nerfacto checkpoint keeps its per-view appearance codes (nerfstudio 1.1.5)."""
+
+
+def authors_edit_optimizers() -> Dict[str, Any]:
+    """The optimisers of the authors' `pds` and `pds_refinement` configs: Adam at 1e-2 after a 1000-step warm-up,
+    decaying toward 1e-3, for the field and the proposal networks; no camera optimiser (the poses stay frozen)."""
+    return {
+        group: {
+            "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-3, warmup_steps=1000),
+        }
+        for group in ("proposal_networks", "fields")
+    }
+
 
 @dataclass
 class PDSTrainerConfig(TrainerConfig):
     """Trainer of the `pds` method; `--max-num-iterations` is replaced by the sum of the stage lengths."""
 
     _target: Type = field(default_factory=lambda: PDSTrainer)
+    edit_optimizers: Dict[str, Any] = field(default_factory=lambda: authors_edit_optimizers())
+    """Optimisers and schedules of the edit stages (1 and 2), started afresh (new Adam state, the schedule
+    from its first step) where each of those stages starts, as the authors' separate PDS and refinement runs
+    do (`load_scheduler=False`). Parameter groups without an entry here (nerfacto's `camera_opt`) are frozen
+    during the edit. `--optimizers` applies to the reconstruction (stage 0)."""
+    edit_mixed_precision: bool = False
+    """Mixed precision in the edit stages (the authors' edit runs use none; `--mixed-precision` applies to the
+    reconstruction)."""
 
     def save_config(self) -> None:
         """Refuses bad options and an occupied run folder before anything is written, then saves config.yml."""
@@ -45,7 +72,55 @@ class PDSTrainerConfig(TrainerConfig):
                 f"error: run folder {base_dir} already holds a run; leave --timestamp at its default "
                 "or choose another, so that runs never share a folder"
             )
+        self.adopt_checkpoint_appearance()
         super().save_config()
+
+    def checkpoint_path(self) -> Optional[Path]:
+        """The checkpoint that `--load-dir`/`--load-step` or `--load-checkpoint` name, or None."""
+        if self.load_checkpoint is not None:
+            path = Path(self.load_checkpoint)
+            if not path.is_file():
+                raise SystemExit(f"error: --load-checkpoint {path} does not exist")
+            return path
+        if self.load_dir is None:
+            return None
+        load_dir = Path(self.load_dir)
+        steps = sorted(int(p.stem.split("-")[1]) for p in load_dir.glob("step-*.ckpt")) if load_dir.is_dir() else []
+        if not steps:
+            raise SystemExit(
+                f"error: --load-dir {load_dir} holds no checkpoint (step-*.ckpt); "
+                "pass the run's nerfstudio_models folder"
+            )
+        step = self.load_step if self.load_step is not None else steps[-1]
+        path = load_dir / f"step-{step:09d}.ckpt"
+        if not path.is_file():
+            raise SystemExit(f"error: --load-step {step}: {path} does not exist (found steps {steps})")
+        return path
+
+    def adopt_checkpoint_appearance(self) -> None:
+        """The scene model has an appearance embedding exactly when the starting checkpoint has one.
+
+        Our methods reconstruct without one (the authors' recipe), stock `ns-train nerfacto` with one
+        code per view: such a scene still starts an edit, with the embedding, which the edit replaces by
+        its average and freezes (:meth:`PDSPipeline.freeze_for_edit`). Runs before config.yml is written,
+        so that `ns-render` builds the same model.
+        """
+        path = self.checkpoint_path()
+        if path is None:
+            return
+        state = torch.load(path, map_location="cpu", mmap=True).get("pipeline", {})
+        weight = state.get(APPEARANCE_KEY)
+        dim = int(weight.shape[1]) if weight is not None and weight.ndim == 2 else 0
+        model = self.pipeline.model
+        if (dim > 0) == bool(model.use_appearance_embedding) and (dim == 0 or dim == model.appearance_embed_dim):
+            return
+        model.use_appearance_embedding = dim > 0
+        if dim > 0:
+            model.appearance_embed_dim = dim
+            CONSOLE.print(
+                f"{path} has per-view appearance codes ({dim} per view, as stock nerfacto trains): the edit starts "
+                "from their average, frozen, so that the edit changes the scene rather than one code per view"
+            )
 
 
 class PDSTrainer(Trainer):
@@ -54,6 +129,8 @@ class PDSTrainer(Trainer):
     pipeline: PDSPipeline
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        self.config.adopt_checkpoint_appearance()  # as save_config does, for trainers set up without it
+        self._optimizer_stage = Stage.RECONSTRUCTION  # Trainer.setup builds the optimisers of `--optimizers`
         try:
             super().setup(test_mode)
             schedule = self.pipeline.schedule
@@ -66,34 +143,14 @@ class PDSTrainer(Trainer):
         except (ValueError, PriorLoadError) as error:
             raise SystemExit(f"error: {error}") from None
 
-    def checkpoint_path(self) -> Optional[Path]:
-        """The checkpoint that `--load-dir`/`--load-step` or `--load-checkpoint` name, or None."""
-        if self.config.load_checkpoint is not None:
-            path = Path(self.config.load_checkpoint)
-            if not path.is_file():
-                raise SystemExit(f"error: --load-checkpoint {path} does not exist")
-            return path
-        if self.config.load_dir is None:
-            return None
-        load_dir = Path(self.config.load_dir)
-        steps = sorted(int(p.stem.split("-")[1]) for p in load_dir.glob("step-*.ckpt")) if load_dir.is_dir() else []
-        if not steps:
-            raise SystemExit(
-                f"error: --load-dir {load_dir} holds no checkpoint (step-*.ckpt); "
-                "pass the run's nerfstudio_models folder"
-            )
-        step = self.config.load_step if self.config.load_step is not None else steps[-1]
-        path = load_dir / f"step-{step:09d}.ckpt"
-        if not path.is_file():
-            raise SystemExit(f"error: --load-step {step}: {path} does not exist (found steps {steps})")
-        return path
-
     def _load_checkpoint(self) -> None:
         self.pipeline.run_dir = self.base_dir
-        path = self.checkpoint_path()
+        path = self.config.checkpoint_path()
         if path is not None:
             state = torch.load(path, map_location="cpu", mmap=True)  # mapped: reading which method wrote it is cheap
             if PDS_MARKER in state.get("pipeline", {}):
+                # the checkpoint holds the optimisers of the stage of its step: load its state into those
+                self.use_optimizers_of(self.pipeline.schedule.stage_at(int(state["step"])))
                 super()._load_checkpoint()
                 restored = self.pipeline.restore_edits(self._start_step, previous_run=path.parent.parent)
                 stage = self.pipeline.schedule.stage_at(self._start_step)
@@ -104,9 +161,34 @@ class PDSTrainer(Trainer):
             super()._load_checkpoint()
         self.config.max_num_iterations = max(0, self.pipeline.schedule.total - self._start_step)
 
+    def use_optimizers_of(self, stage: Stage) -> None:
+        """Optimisers, schedules, frozen parameters and precision of `stage`, started afresh.
+
+        The Optimizers object is re-initialised in place: training callbacks hold it.
+        """
+        if stage is Stage.RECONSTRUCTION:
+            config, self.mixed_precision = self.config.optimizers, self.config.mixed_precision
+        else:
+            self.pipeline.freeze_for_edit()
+            config, self.mixed_precision = self.config.edit_optimizers, self.config.edit_mixed_precision
+        groups = {}
+        for name, parameters in self.pipeline.get_param_groups().items():
+            if name not in config:  # not trained in this stage
+                for parameter in parameters:
+                    parameter.requires_grad_(False)
+                    parameter.grad = None
+            trainable = [parameter for parameter in parameters if parameter.requires_grad]
+            if trainable:
+                groups[name] = trainable
+        self.optimizers.__init__(dict(config), groups)  # type: ignore[misc]
+        self._optimizer_stage = stage
+
     def train_iteration(self, step: int):
+        stage = self.pipeline.schedule.stage_at(step)
+        if stage is not getattr(self, "_optimizer_stage", Stage.RECONSTRUCTION) and stage is not Stage.DONE:
+            self.use_optimizers_of(stage)
         try:
-            return super().train_iteration(step)
+            result = super().train_iteration(step)
         except torch.cuda.OutOfMemoryError:
             raise SystemExit(
                 f"error: out of GPU memory at step {step} ({self.pipeline.schedule.stage_at(step).value}). "
@@ -118,10 +200,14 @@ class PDSTrainer(Trainer):
             ) from None
         except NonFiniteTrainingError as error:
             raise SystemExit(f"error: {error}") from None
+        if self.pipeline.schedule.is_last_step_of_stage(step) and step + 1 < self.pipeline.schedule.total:
+            self.save_checkpoint(step)  # each stage's result stays loadable (`--load-step`); the last is saved anyway
+        return result
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:
-        """nerfstudio's checkpoint, written atomically: a kill during a save leaves the previous one usable."""
+        """nerfstudio's checkpoint, written atomically: a kill during a save leaves the previous one usable.
+        `--save-only-latest-checkpoint` keeps the checkpoints of the stages' ends too."""
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         # Beside the folder, not in it: nerfstudio parses every name in it as a step number.
@@ -137,9 +223,9 @@ class PDSTrainer(Trainer):
             partial,
         )
         os.replace(partial, path)
-        if self.config.save_only_latest_checkpoint:
+        if self.config.save_only_latest_checkpoint:  # nerfstudio's default: keeps the latest and each stage's end
             for older in self.checkpoint_dir.glob("step-*.ckpt"):
-                if older != path:
+                if older != path and not self.pipeline.schedule.is_last_step_of_stage(int(older.stem.split("-")[1])):
                     older.unlink()
 
     def _load_starting_scene(self, state: Dict[str, Any], path: Path) -> None:

@@ -1,20 +1,24 @@
-"""Edit fidelity of PDS against SDS and DDS, on a procedural scene whose right answer is known.
+"""Edit fidelity of PDS against SDS and DDS over a matrix of colour edits whose right answer is known.
 
-    python scripts/fidelity.py OUT_DIR [--source "red sphere"] [--target "blue sphere"] [--prior DIR]
-                               [--methods pds sds dds] [--clip-model DIR] [--seed N] ...
+    python scripts/fidelity.py OUT_DIR                    # 8 edits x 2 seeds x (pds, sds, dds): about 1.5 h on 2 cores
+    python scripts/fidelity.py OUT_DIR --matrix quick     # 2 edits x 1 seed: about 15 min
+    python scripts/fidelity.py OUT_DIR --edits "red sphere:blue sphere" --seeds 0 1 --methods pds
+    python scripts/fidelity.py OUT_DIR --options --pipeline.pds-proposal-losses True   # measure an option
 
-1. `make_scene`: a one-object procedural scene with masks, depth and scene.json (the known answer).
-2. `ns-train pds-nerfacto`: one reconstruction, the source scene of every edit.
-3. `ns-train pds --load-dir <reconstruction> --pipeline.method M` for each method, at equal budgets (the same
-   iterations, guidance, prior, seed and options); prompts "a <colour> <shape>".
-4. Every view of the scene is rendered from each result (colour and depth) and measured
-   (pds_nerfstudio/fidelity.py says how): attribute success, depth error relative to the scene extent,
-   background PSNR and silhouette IoU against the source reconstruction, and CLIP directional similarity
-   when --clip-model names a CLIP folder.
+For every edit and seed (a "chain", run in parallel with --workers):
+1. `make_scene`: a one-object procedural scene (layout from the seed) with masks, depth and scene.json.
+2. `ns-train pds-nerfacto`: the source reconstruction (the same training as stage 0 of `ns-train pds`).
+3. `ns-train pds --load-dir <reconstruction> --pipeline.method M` for each method at equal budgets (the same
+   stage lengths, guidance, prior, seed and options): stage 1, then stage 2, as a user runs them; a checkpoint
+   is kept at the end of each stage.
+4. Measures (pds_nerfstudio/fidelity.py), after stage 1 and after stage 2, on the training views and on the
+   held-out (eval) views: the fraction of views whose object reads as the target colour; identity against the
+   source reconstruction (object depth change, silhouette IoU, background PSNR); iterations-to-edit from
+   stage 1's own renders; and how often the prior's own samples of the target caption, drawn into the
+   scene's views, read as the target colour (pds_nerfstudio/prior_samples.py).
 
-Prints a table, writes OUT_DIR/fidelity.md, OUT_DIR/fidelity.json and OUT_DIR/side_by_side.png
-(rows: views; columns: scene image, source reconstruction, one per method). The prior defaults to the toy
-prior embedded in the package (pds_nerfstudio/assets/toy_prior), which knows 12 colours x 3 shapes.
+Writes OUT_DIR/fidelity.md, fidelity.json and side_by_side.png; prints the tables. The prior defaults to the
+toy prior embedded in the package, which knows 12 colours x 3 shapes.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -36,305 +41,579 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 METHODS = ("pds", "sds", "dds")
-GOALS = "PDS: attribute success >= 90%, median depth error < 5% of the extent, background PSNR >= 25 dB"
+STAGES = ("pds", "refinement")
+"""The measured results: the end of stage 1 and the end of stage 2."""
+FULL_MATRIX = (
+    "red sphere:blue sphere",
+    "green cube:purple cube",
+    "blue cylinder:orange cylinder",
+    "yellow sphere:green sphere",
+    "white cube:red cube",
+    "orange cylinder:black cylinder",
+    "purple sphere:white sphere",
+    "cyan cube:gray cube",
+)
+"""Chromatic and achromatic sources and targets, on spheres, cubes and cylinders."""
+QUICK_MATRIX = ("red sphere:blue sphere", "cyan cube:gray cube")
+SUCCESS = 0.9
+"""Attribute success that counts as edited (iterations-to-edit; the goal)."""
+EDIT_WINDOW_VIEWS = 5
+"""Iterations-to-edit reads the renders of the last this many stage-1 views."""
+SAMPLE_VIEWS = 8
+"""Views of each scene into which the prior samples the target caption."""
 
 
-@dataclass
-class Measures:
-    """One row of the table: one scene (the source reconstruction, or an edit) over every view."""
+@dataclass(frozen=True)
+class Chain:
+    """One edit of one scene (layout and runs seeded by `seed`): a reconstruction and one run per method."""
 
-    name: str
-    attribute_success: float
-    """Fraction of views whose object reads as the target colour."""
-    source_colour_kept: float
-    """Fraction of views whose object still reads as the source colour."""
-    depth_error: float
-    """Median |depth - depth of the source reconstruction| / extent (mean over views)."""
-    depth_outliers: float
-    """Fraction of pixels whose depth moved by more than 5% of the extent (mean over views)."""
-    background_psnr: float
-    silhouette_iou: float
-    clip_directional: float | None = None
-    colours: list[str] = field(default_factory=list)
-    """The colour each view reads as ("" where the object is hidden)."""
+    source: str
+    target: str
+    seed: int
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.replace(' ', '-')}_to_{self.target.split()[0]}"
+
+    @property
+    def scene(self) -> Path:
+        return self.root / "scene"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def reconstruction(self) -> Path:
+        return self.runs / "scene" / "pds-nerfacto" / "source"
+
+    def run(self, method: str) -> Path:
+        return self.runs / "scene" / "pds" / method
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="output folder (must be empty or missing)")
-    parser.add_argument("--source", default="red sphere", help='"<colour> <shape>" of the scene\'s object')
-    parser.add_argument("--target", default="blue sphere", help='"<colour> <shape>": the same shape, another colour')
-    parser.add_argument("--prior", type=Path, default=None, help="Stable Diffusion folder (default: the toy prior)")
+    parser.add_argument("--matrix", choices=("full", "quick"), default="full", help="the edits and seeds to run")
+    parser.add_argument("--edits", nargs="+", default=None,
+                        help='"<colour> <shape>:<colour> <shape>" pairs (same shape), instead of --matrix')
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (full), 0 (quick)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    parser.add_argument("--size", type=int, default=64, help="image side of the scene")
+    parser.add_argument("--prior", type=Path, default=None, help="Stable Diffusion folder (default: the toy prior)")
+    parser.add_argument("--size", type=int, default=64, help="image side of the scenes")
     parser.add_argument("--num-views", type=int, default=24)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the scene layout and of every run")
-    parser.add_argument("--reconstruction-iterations", type=int, default=1000)
-    parser.add_argument("--edit-iterations", type=int, default=200, help="stage-1 iterations of every method")
-    parser.add_argument("--refinement-iterations", type=int, default=0,
-                        help="stage-2 iterations (0: measure the stage-1 edit; stage 2 replaces one view every 10 "
-                             "iterations, and views it has not reached yet still show the source)")
-    parser.add_argument("--guidance-scale", type=float, default=30.0, help="the same for every method")
+    parser.add_argument("--train-split-fraction", type=float, default=0.875, help="nerfstudio's: 24 views -> 3 held out")
+    parser.add_argument("--reconstruction-iterations", type=int, default=600)
+    parser.add_argument("--pds-iterations", type=int, default=200, help="stage-1 iterations of every method")
+    parser.add_argument("--refinement-iterations", type=int, default=210,
+                        help="stage-2 iterations of every method (210: every training view SDEdited once)")
+    parser.add_argument("--guidance-scale", type=float, default=7.5,
+                        help="the same for every method (the toy prior: 7.5 edits cleanly in 2D, 30 oversaturates)")
     parser.add_argument("--sdedit-guidance-scale", type=float, default=7.5)
     parser.add_argument("--render-scale", type=float, default=0.5, help="stage-1 render scale (see ns-train pds)")
-    parser.add_argument("--clip-model", type=Path, default=None, help="CLIP folder for directional similarity")
-    parser.add_argument("--views-in-image", type=int, default=4, help="rows of side_by_side.png")
+    parser.add_argument("--options", nargs=argparse.REMAINDER, default=[],
+                        help="more `ns-train pds` options for every edit (last on the line)")
+    parser.add_argument("--workers", type=int, default=2, help="chains run at once (one torch thread each)")
+    parser.add_argument("--clip-model", type=Path, default=None, help="CLIP folder: adds directional similarity")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
-    parser.add_argument("--measure-only", action="store_true",
-                        help="measure the runs already in OUT_DIR (of an earlier call with the same options) again")
+    parser.add_argument("--measure-only", action="store_true", help="measure the runs already in OUT_DIR again")
+    parser.add_argument("--measure-chain", action="store_true", help=argparse.SUPPRESS)  # internal: one chain
     return parser.parse_args(argv)
 
 
-def check_edit(source: str, target: str) -> tuple[tuple[str, str], tuple[str, str]]:
-    """Parse both objects; only colour edits are measured (attribute success reads the object's colour)."""
+def edit_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The (source, target) objects to edit; refuses pairs that are not colour edits of one shape."""
     from pds_nerfstudio.fixtures.procedural_scene import parse_object
 
-    (source_colour, shape), (target_colour, target_shape) = parse_object(source), parse_object(target)
-    if target_shape != shape or target_colour == source_colour:
-        raise ValueError(
-            f"--target {target!r} must be the source's shape ({shape}) in another colour: fidelity measures colour edits"
-        )
-    return (source_colour, shape), (target_colour, shape)
+    pairs = []
+    for text in args.edits or (FULL_MATRIX if args.matrix == "full" else QUICK_MATRIX):
+        if ":" not in text:
+            raise ValueError(f"--edits {text!r}: write SOURCE:TARGET, e.g. 'red sphere:blue sphere'")
+        source, target = (part.strip() for part in text.split(":", 1))
+        (source_colour, shape), (target_colour, target_shape) = parse_object(source), parse_object(target)
+        if target_shape != shape or target_colour == source_colour:
+            raise ValueError(f"--edits {text!r}: the target must be the source's shape ({shape}) in another colour")
+        pairs.append((f"{source_colour} {shape}", f"{target_colour} {shape}"))
+    return pairs
 
 
-def shown(args: Sequence[str]) -> str:
-    head = "python" if args[0] == sys.executable else Path(args[0]).name
+def chains(args: argparse.Namespace, out: Path) -> list[Chain]:
+    seeds = args.seeds if args.seeds is not None else ([0, 1] if args.matrix == "full" and not args.edits else [0])
+    result = []
+    for source, target in edit_pairs(args):
+        for seed in seeds:
+            chain = Chain(source, target, seed, Path())
+            result.append(Chain(source, target, seed, out / chain.name / f"seed{seed}"))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+def shown(args: Sequence[object]) -> str:
+    head = "python" if str(args[0]) == sys.executable else Path(str(args[0])).name
     return shlex.join([head, *map(str, args[1:])])
 
 
-def run(args: list[str], dry_run: bool, log: Path | None = None) -> float:
-    """Print and run a command (its output to ``log`` when given); exit with its output's tail on failure."""
+def child_env() -> dict[str, str]:
+    """Offline, and one torch thread per process unless OMP_NUM_THREADS is set (the chains share the cores)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
+    return env
+
+
+def run(args: list, log: Path, dry_run: bool) -> None:
+    """Prints and runs a command, its output to `log`; raises with the log's tail when it fails."""
     print(f"$ {shown(args)}", flush=True)
     if dry_run:
-        return 0.0
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    start = time.monotonic()
-    with open(log, "w") if log else open(os.devnull, "w") as sink:
-        code = subprocess.call([str(a) for a in args], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as sink:
+        code = subprocess.call([str(a) for a in args], cwd=REPO, env=child_env(), stdout=sink, stderr=subprocess.STDOUT)
     if code != 0:
-        tail = log.read_text().splitlines()[-20:] if log else []
-        sys.exit("\n".join([*tail, f"fidelity: `{Path(str(args[0])).name}` failed (exit {code}); log: {log}"]))
-    return time.monotonic() - start
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise RuntimeError(f"{tail}\n`{Path(str(args[0])).name}` failed (exit {code}); log: {log}")
 
 
-def reconstruction_command(args: argparse.Namespace, scene: Path, runs: Path) -> list:
+def common_options(args: argparse.Namespace, chain: Chain) -> list:
     from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS
 
-    return [BIN / "ns-train", "pds-nerfacto", "--data", scene, "--output-dir", runs, "--timestamp", "source",
+    return ["--data", chain.scene, "--output-dir", chain.runs, "--machine.seed", chain.seed, "--vis", "tensorboard",
+            *NO_EVALUATION_OPTIONS, *CPU_NERFACTO_OPTIONS]  # fmt: skip
+
+
+def dataparser_options(args: argparse.Namespace) -> list:
+    """nerfstudio's dataparser is a subcommand: its options come last on the line."""
+    return ["nerfstudio-data", "--train-split-fraction", args.train_split_fraction]
+
+
+def reconstruction_command(args: argparse.Namespace, chain: Chain) -> list:
+    return [BIN / "ns-train", "pds-nerfacto", "--timestamp", "source",
             "--max-num-iterations", args.reconstruction_iterations,
-            "--steps-per-save", args.reconstruction_iterations, "--machine.seed", args.seed,
-            "--vis", "tensorboard", *NO_EVALUATION_OPTIONS, *CPU_NERFACTO_OPTIONS]  # fmt: skip
+            "--steps-per-save", args.reconstruction_iterations, *common_options(args, chain),
+            *dataparser_options(args)]  # fmt: skip
 
 
-def edit_command(args, method: str, prompts: tuple[str, str], prior: Path, scene: Path, runs: Path) -> list:
-    from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS
+def edit_command(args: argparse.Namespace, chain: Chain, method: str, prior: Path) -> list:
+    from pds_nerfstudio.fixtures.small_nerfacto import edit_schedule_options
+    from pds_nerfstudio.fixtures.toy_prior import caption
 
-    source_models = runs / scene.name / "pds-nerfacto" / "source" / "nerfstudio_models"
-    total = args.reconstruction_iterations + args.edit_iterations + args.refinement_iterations
-    return [BIN / "ns-train", "pds", "--data", scene, "--output-dir", runs, "--timestamp", method,
-            "--load-dir", source_models, "--machine.seed", args.seed,
+    total = args.reconstruction_iterations + args.pds_iterations + args.refinement_iterations
+    prompts = [caption(*chain.source.split()), caption(*chain.target.split())]
+    return [BIN / "ns-train", "pds", "--timestamp", method, "--load-dir", chain.reconstruction() / "nerfstudio_models",
             "--pipeline.method", method,
             "--pipeline.source-prompt", prompts[0], "--pipeline.target-prompt", prompts[1],
             "--pipeline.prior.model-id", prior, "--pipeline.prior.dtype", "fp32",
             "--pipeline.guidance-scale", args.guidance_scale,
             "--pipeline.sdedit-guidance-scale", args.sdedit_guidance_scale,
             "--pipeline.reconstruction-iterations", args.reconstruction_iterations,
-            "--pipeline.pds-iterations", args.edit_iterations,
+            "--pipeline.pds-iterations", args.pds_iterations,
             "--pipeline.refinement-iterations", args.refinement_iterations,
-            "--pipeline.render-scale", args.render_scale, "--pipeline.seed", args.seed,
-            "--pipeline.log-every", max(1, args.edit_iterations // 4),
-            "--steps-per-save", total, "--vis", "tensorboard",
-            *NO_EVALUATION_OPTIONS, *CPU_NERFACTO_OPTIONS]  # fmt: skip
+            "--pipeline.render-scale", args.render_scale, "--pipeline.seed", chain.seed,
+            "--pipeline.change-view-every", 5, "--pipeline.log-every", 2,
+            "--steps-per-save", total, *edit_schedule_options(args.pds_iterations),
+            *common_options(args, chain), *args.options, *dataparser_options(args)]  # fmt: skip
 
 
-def render_views(config: Path, scene: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Colour (V, H, W, 3) in [0, 1] and ray depth in world units (V, H, W) of every view in transforms.json."""
-    import torch
-    from nerfstudio.cameras.cameras import Cameras, CameraType
-    from nerfstudio.utils.eval_utils import eval_setup
+def run_chain(args: argparse.Namespace, chain: Chain, prior: Path) -> None:
+    """Scene, reconstruction, one edit per method, then the chain's measures (in a process of their own)."""
+    from pds_nerfstudio.fixtures.procedural_scene import make_scene
 
-    _, pipeline, _, _ = eval_setup(config, test_mode="inference")
-    transform = json.loads((config.parent / "dataparser_transforms.json").read_text())
-    meta = json.loads((scene / "transforms.json").read_text())
-    world = torch.tensor(np.stack([frame["transform_matrix"] for frame in meta["frames"]]), dtype=torch.float32)
-    to_ns = torch.tensor(transform["transform"], dtype=torch.float32)
-    poses = to_ns @ world  # nerfstudio's dataparser: orient and centre, then scale the positions
-    poses[:, :3, 3] *= transform["scale"]
-    cameras = Cameras(
-        camera_to_worlds=poses, fx=meta["fl_x"], fy=meta["fl_y"], cx=meta["cx"], cy=meta["cy"],
-        width=meta["w"], height=meta["h"], camera_type=CameraType.PERSPECTIVE,
-    ).to(pipeline.device)  # fmt: skip
-    colours, depths = [], []
-    with torch.no_grad():
-        for view in range(len(cameras)):
-            outputs = pipeline.model.get_outputs_for_camera(cameras[view : view + 1])
-            colours.append(outputs["rgb"].clamp(0, 1).cpu().numpy())
-            depths.append(outputs["depth"][..., 0].cpu().numpy() / transform["scale"])
-    return np.stack(colours), np.stack(depths)
+    logs = chain.root / "logs"
+    if not args.dry_run:
+        chain.root.mkdir(parents=True)
+        make_scene(chain.scene, size=args.size, num_views=args.num_views, objects=(chain.source,), seed=chain.seed)
+        settings = {"source": chain.source, "target": chain.target, "seed": chain.seed, "prior": str(prior),
+                    "methods": args.methods, "stage_ends": stage_ends(args), "clip_model": args.clip_model}  # fmt: skip
+        (chain.root / "chain.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
+    run(reconstruction_command(args, chain), logs / "reconstruction.log", args.dry_run)
+    for method in args.methods:
+        run(edit_command(args, chain, method, prior), logs / f"{method}.log", args.dry_run)
+    measure_command = [sys.executable, Path(__file__), chain.root, "--measure-chain"]
+    run(measure_command, logs / "measure.log", args.dry_run)
 
 
-def load_scene(scene: Path):
-    """Ground truth of every view: images, object masks, ray depth, rays, and the scene geometry."""
-    from PIL import Image
-
-    from pds_nerfstudio.fidelity import SceneGeometry, pixel_rays, z_to_ray_depth
-
-    meta = json.loads((scene / "transforms.json").read_text())
-    info = json.loads((scene / "scene.json").read_text())
-    objects = info["objects"]
-    centre = np.mean([o["centre"] for o in objects], axis=0)
-    radius = max(np.linalg.norm(np.asarray(o["centre"]) - centre) + o["size"] * math.sqrt(3) for o in objects) * 1.05
-    geometry = SceneGeometry(extent=float(info["extent"]), content_centre=centre, content_radius=float(radius))
-    views = []
-    for frame in meta["frames"]:
-        name = Path(frame["file_path"]).stem
-        pose = np.asarray(frame["transform_matrix"])
-        origin, dirs = pixel_rays(pose, meta["fl_x"], meta["cx"], meta["cy"], meta["w"], meta["h"])
-        depth = z_to_ray_depth(np.load(scene / "depth" / f"{name}.npy"), dirs, pose)
-        image = np.asarray(Image.open(scene / "images" / f"{name}.png").convert("RGB"), dtype=np.float64) / 255
-        mask = np.asarray(Image.open(scene / "masks" / f"{name}.png")) > 0
-        views.append({"name": name, "origin": origin, "dirs": dirs, "depth": depth, "image": image, "mask": mask})
-    return views, geometry, objects[0]
+def stage_ends(args: argparse.Namespace) -> dict[str, int]:
+    """Global step of the last iteration of stages 1 and 2 (their checkpoints)."""
+    end1 = args.reconstruction_iterations + args.pds_iterations - 1
+    return {"pds": end1, "refinement": end1 + args.refinement_iterations}
 
 
-def measure(name, colours, depths, source, views, geometry, albedo, source_colour, target_colour) -> Measures:
-    """The measures of one scene's renders against the source reconstruction's (see pds_nerfstudio/fidelity.py)."""
+# ---------------------------------------------------------------------------------------------- measuring
+
+
+class RunRenderer:
+    """Renders every view of a run's scene (training and held-out) from any of its checkpoints; the pipeline is
+    built once (nerfstudio's eval_setup) and each checkpoint's state loaded into it."""
+
+    def __init__(self, config: Path) -> None:
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        self.config, self.pipeline, _, _ = eval_setup(config, test_mode="test")
+        self.scale = json.loads((config.parent / "dataparser_transforms.json").read_text())["scale"]
+        manager = self.pipeline.datamanager
+        self.parts = [manager.train_dataset, manager.eval_dataset]
+        self.train_names, self.eval_names = ([Path(f).stem for f in part.image_filenames] for part in self.parts)
+
+    def render(self, step: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Colour (V, H, W, 3) and ray depth in world units (V, H, W) of every view in name order, from the
+        checkpoint of `step` (None: the one eval_setup loaded, the latest)."""
+        import torch
+
+        if step is not None:
+            path = self.config.get_checkpoint_dir() / f"step-{step:09d}.ckpt"
+            state = torch.load(path, map_location="cpu")
+            self.pipeline.load_pipeline(state["pipeline"], state["step"])
+        colours, depths = {}, {}
+        with torch.no_grad():
+            for part, names in zip(self.parts, (self.train_names, self.eval_names)):
+                cameras = part.cameras.to(self.pipeline.device)
+                for index, name in enumerate(names):
+                    outputs = self.pipeline.model.get_outputs_for_camera(cameras[index : index + 1])
+                    colours[name] = outputs["rgb"].clamp(0, 1).cpu().numpy()
+                    depths[name] = outputs["depth"][..., 0].cpu().numpy() / self.scale
+        order = sorted(colours)
+        return np.stack([colours[n] for n in order]), np.stack([depths[n] for n in order])
+
+
+def view_measures(truth, colours: np.ndarray, depths: np.ndarray, source: tuple[np.ndarray, np.ndarray]) -> dict:
+    """Per-view measures of one scene's renders (views in `truth` order) against the source reconstruction's."""
     from pds_nerfstudio import fidelity as fm
 
-    read, errors, outliers, psnrs, ious = [], [], [], [], []
-    for i, view in enumerate(views):
-        estimate = fm.estimated_albedo(colours[i], view["image"], albedo, fm.erode(view["mask"]))
-        read.append("" if estimate is None else fm.nearest_colour(estimate))
-        valid = fm.erode(view["mask"])  # see pds_nerfstudio/fidelity.py: the ground has no reliable NeRF depth
-        error, outlier = fm.depth_error(depths[i], source[1][i], valid, geometry.extent)
-        errors.append(error)
-        outliers.append(outlier)
-        psnrs.append(fm.psnr(colours[i], source[0][i], ~view["mask"]))
-        background = fm.background_distance(view["origin"], view["dirs"], geometry)
-        reference = fm.silhouette(view["depth"], background, geometry.extent)
-        ious.append(fm.iou(fm.silhouette(depths[i], background, geometry.extent), reference))
-    seen = [c for c in read if c]
-    finite = [p for p in psnrs if math.isfinite(p)]
-    return Measures(
-        name=name,
-        attribute_success=sum(c == target_colour for c in seen) / max(1, len(seen)),
-        source_colour_kept=sum(c == source_colour for c in seen) / max(1, len(seen)),
-        depth_error=float(np.mean(errors)),
-        depth_outliers=float(np.mean(outliers)),
-        background_psnr=float(np.mean(finite)) if finite else math.inf,
-        silhouette_iou=float(np.mean(ious)),
-        colours=read,
-    )
+    out: dict[str, list] = {"colour": [], "depth_error": [], "depth_outliers": [], "background_psnr": [], "iou": []}
+    for i, view in enumerate(truth.views):
+        out["colour"].append(fm.read_colour(colours[i], view, truth.albedo))
+        error, outliers = fm.depth_error(depths[i], source[1][i], fm.erode(view.mask), truth.geometry.extent)
+        out["depth_error"].append(error)
+        out["depth_outliers"].append(outliers)
+        out["background_psnr"].append(fm.psnr(colours[i], source[0][i], ~view.mask))
+        background = fm.background_distance(view.origin, view.dirs, truth.geometry)
+        reference = fm.silhouette(source[1][i], background, truth.geometry.extent)  # the source's own silhouette
+        out["iou"].append(fm.iou(fm.silhouette(depths[i], background, truth.geometry.extent), reference))
+    return out
 
 
-def table(rows: list[Measures], reference: Measures, prompts: tuple[str, str]) -> str:
-    clip = any(r.clip_directional is not None for r in rows)
-    head = ["scene", "reads as target colour", "keeps source colour", "object depth error (median, % of extent)",
-            "object pixels whose depth moved > 5% of extent",
-            "background PSNR (dB)", "silhouette IoU"] + (["CLIP directional similarity"] if clip else [])  # fmt: skip
-    lines = [f"Edit {prompts[0]!r} -> {prompts[1]!r}; identity measured against the source reconstruction.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
-    for r in rows:
-        cells = [r.name, f"{r.attribute_success:.0%}", f"{r.source_colour_kept:.0%}", f"{100 * r.depth_error:.2f}",
-                 f"{r.depth_outliers:.1%}",
-                 f"{r.background_psnr:.1f}", f"{r.silhouette_iou:.3f}"]  # fmt: skip
-        if clip:
-            cells.append("" if r.clip_directional is None else f"{r.clip_directional:.3f}")
+def summarise(per_view: dict, names: list[str], all_names: list[str], target: str, source_colour: str) -> dict:
+    """Means over the views in `names` (a subset of `all_names`, the order of `per_view`)."""
+    from pds_nerfstudio import fidelity as fm
+
+    index = [all_names.index(n) for n in names]
+    colours = [per_view["colour"][i] for i in index]
+    psnrs = [per_view["background_psnr"][i] for i in index if math.isfinite(per_view["background_psnr"][i])]
+    return {
+        "attribute_success": fm.fraction_reading(colours, target),
+        "source_colour_kept": fm.fraction_reading(colours, source_colour),
+        "depth_error": float(np.mean([per_view["depth_error"][i] for i in index])),
+        "depth_outliers": float(np.mean([per_view["depth_outliers"][i] for i in index])),
+        "background_psnr": float(np.mean(psnrs)) if psnrs else math.inf,
+        "silhouette_iou": float(np.mean([per_view["iou"][i] for i in index])),
+        "colours": colours,
+    }
+
+
+def iterations_to_edit(run_dir: Path, truth, target: str, change_view_every: int, first_step: int) -> int | None:
+    """The first stage-1 iteration (counted from 1) after which the object reads as the target colour in at least
+    90% of stage 1's own renders of its last EDIT_WINDOW_VIEWS views (logs/step-<step>_<view>.png: source | render
+    | gradient); None when that never happens."""
+    from PIL import Image
+
+    from pds_nerfstudio import fidelity as fm
+
+    reads = []
+    for panel_path in sorted((run_dir / "logs").glob("step-*_*.png")):
+        step = int(panel_path.stem.split("_", 1)[0].split("-")[1])
+        view = truth.view(panel_path.stem.split("_", 1)[1])
+        panel = np.asarray(Image.open(panel_path).convert("RGB"), dtype=np.float64) / 255
+        width = panel.shape[1] // 3
+        source, render = panel[:, :width], panel[:, width : 2 * width]
+        mask = np.asarray(Image.fromarray(view.mask).resize((width, panel.shape[0]), Image.NEAREST))
+        small = fm.SceneView(view.name, source, mask, view.depth, view.origin, view.dirs)
+        reads.append((step, fm.read_colour(render, small, truth.albedo)))
+    window = EDIT_WINDOW_VIEWS * change_view_every
+    for position, (step, _) in enumerate(reads):
+        recent = [colour for s, colour in reads[: position + 1] if s > step - window]
+        if step - first_step + 1 >= min(window, len(reads)) and fm.fraction_reading(recent, target) >= SUCCESS:
+            return step - first_step + 1
+    return None
+
+
+def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidance_scale: float = 7.5) -> float:
+    """Fraction of SAMPLE_VIEWS views into which the prior's own samples of the target caption read as its colour."""
+    import torch
+
+    from pds_nerfstudio import fidelity as fm
+    from pds_nerfstudio.fixtures.toy_prior import caption
+    from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig
+    from pds_nerfstudio.prior_samples import blended_samples
+
+    prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(prior_dir), dtype="fp32", device="cpu"))
+    picks = np.linspace(0, len(truth.views) - 1, SAMPLE_VIEWS).round().astype(int)
+    views = [truth.views[i] for i in picks]
+    images = torch.from_numpy(np.stack([v.image for v in views])).permute(0, 3, 1, 2).float()
+    masks = torch.from_numpy(np.stack([v.mask for v in views]))
+    with torch.no_grad():
+        latents = blended_samples(
+            prior.encode(images), masks, prior.eps_fn(guidance_scale), prior.alphas_cumprod,
+            prior.text_embeddings([caption(*target.split())] * len(views)),
+            generator=torch.Generator().manual_seed(seed),
+        )  # fmt: skip
+        samples = prior.decode(latents).permute(0, 2, 3, 1).double().numpy()
+    return fm.fraction_reading([fm.read_colour(s, v, truth.albedo) for s, v in zip(samples, views)], target.split()[0])
+
+
+def measure_chain(root: Path) -> dict:
+    """Measures one chain's runs; writes root/measures.json and root/renders.npz (for the side-by-side)."""
+    from pds_nerfstudio import fidelity as fm
+    from pds_nerfstudio.fixtures.small_nerfacto import NO_EVALUATION_OPTIONS  # noqa: F401 (import check)
+
+    settings = json.loads((root / "chain.json").read_text())
+    chain = Chain(settings["source"], settings["target"], settings["seed"], root)
+    truth = fm.load_scene_truth(chain.scene)
+    target, source_colour = chain.target.split()[0], chain.source.split()[0]
+    source_renderer = RunRenderer(chain.reconstruction() / "config.yml")
+    colours, depths = source_renderer.render()
+    train, held_out = source_renderer.train_names, source_renderer.eval_names
+    names = sorted(train + held_out)
+    assert names == [v.name for v in truth.views], "the scene's views and the runs' differ"
+    source = (colours, depths)
+    result = {"chain": settings, "train_views": train, "eval_views": held_out, "runs": {},
+              "prior_samples_read_as_target": prior_sample_success(Path(settings["prior"]), truth, chain.target, chain.seed)}
+    truth_images = np.stack([v.image for v in truth.views])
+    truth_depths = np.stack([v.depth for v in truth.views])
+    against_truth = view_measures(truth, colours, depths, (truth_images, truth_depths))  # the source, measured
+    result["source_vs_scene"] = {
+        "background_psnr": float(np.mean(against_truth["background_psnr"])),
+        "silhouette_iou": float(np.mean(against_truth["iou"])),
+        **{f"{part}_reads_as_source": fm.fraction_reading([against_truth["colour"][names.index(n)] for n in part_names],
+                                                          source_colour)
+           for part, part_names in (("train", train), ("eval", held_out))},
+    }  # fmt: skip
+    renders = {"scene": truth_images, "source": colours}
+    for method in settings["methods"]:
+        run_dir = chain.run(method)
+        config = yaml_config(run_dir / "config.yml")
+        renderer = RunRenderer(run_dir / "config.yml")
+        measured = {}
+        for stage in STAGES:
+            stage_colours, stage_depths = renderer.render(settings["stage_ends"][stage])
+            per_view = view_measures(truth, stage_colours, stage_depths, source)
+            measured[stage] = {part: summarise(per_view, part_names, names, target, source_colour)
+                               for part, part_names in (("train", train), ("eval", held_out))}  # fmt: skip
+            renders[f"{method}/{stage}"] = stage_colours
+            if settings.get("clip_model"):
+                measured[stage]["clip_directional"] = fm.clip_directional_similarity(
+                    settings["clip_model"], colours, stage_colours, *prompts_of(chain)
+                )
+        measured["iterations_to_edit"] = iterations_to_edit(
+            run_dir, truth, target, config["change_view_every"], settings["stage_ends"]["pds"] - config["pds_iterations"] + 1
+        )
+        result["runs"][method] = measured
+    (root / "measures.json").write_text(json.dumps(result, indent=2) + "\n")
+    np.savez_compressed(root / "renders.npz", **{k: np.round(v * 255).astype(np.uint8) for k, v in renders.items()})
+    return result
+
+
+def prompts_of(chain: Chain) -> tuple[str, str]:
+    from pds_nerfstudio.fixtures.toy_prior import caption
+
+    return caption(*chain.source.split()), caption(*chain.target.split())
+
+
+def yaml_config(path: Path) -> dict:
+    """The few pipeline options of a run that the measures need, read from its config.yml."""
+    import yaml
+
+    config = yaml.load(path.read_text(), Loader=yaml.Loader)
+    return {"change_view_every": config.pipeline.change_view_every, "pds_iterations": config.pipeline.pds_iterations}
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+
+
+def spread(values: list[float], percent: bool = False) -> str:
+    """Mean, and the range over seeds when there is more than one value."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    show = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:.1f}")
+    text = show(float(np.mean(finite)))
+    return text if len(finite) == 1 else f"{text} ({show(min(finite))}-{show(max(finite))})"
+
+
+def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str, dict]:
+    """The tables (markdown) and the goals' numbers."""
+    def runs(method):
+        return [r["runs"][method] for r in results if method in r["runs"]]
+
+    lines = ["### Over the whole matrix (mean over edits and seeds; range over edits x seeds)", "",
+             "| method | reads as target after stage 1 (train / held-out) | after stage 2 (train / held-out) "
+             "| iterations-to-edit (median; not reached) | object depth change, % of extent | object pixels moved > 5% "
+             "| silhouette IoU | background PSNR after stage 1 / 2 (dB) |", "|" + "---|" * 8]  # fmt: skip
+    goals: dict = {}
+    for method in methods:
+        r = runs(method)
+        if not r:
+            continue
+        s1 = [x["pds"] for x in r]
+        s2 = [x["refinement"] for x in r]
+        reached = [x["iterations_to_edit"] for x in r if x["iterations_to_edit"] is not None]
+        median = f"{int(np.median(reached))}" if reached else "never"
+        lines.append(
+            f"| {method} | {spread([x['train']['attribute_success'] for x in s1], True)} / "
+            f"{spread([x['eval']['attribute_success'] for x in s1], True)} | "
+            f"{spread([x['train']['attribute_success'] for x in s2], True)} / "
+            f"{spread([x['eval']['attribute_success'] for x in s2], True)} | {median}; {len(r) - len(reached)} of {len(r)} | "
+            f"{spread([100 * x['train']['depth_error'] for x in s2])} | "
+            f"{spread([x['train']['depth_outliers'] for x in s2], True)} | "
+            f"{np.mean([x['train']['silhouette_iou'] for x in s2]):.3f} | "
+            f"{spread([x['train']['background_psnr'] for x in s1])} / {spread([x['train']['background_psnr'] for x in s2])} |"
+        )
+        goals[method] = {
+            "success_stage2": float(np.mean([(x["train"]["attribute_success"] + x["eval"]["attribute_success"]) / 2 for x in s2])),
+            "stage2_lowered_success": sum(b["train"]["attribute_success"] < a["train"]["attribute_success"] for a, b in zip(s1, s2)),
+            "stage2_raised_background": sum(b["train"]["background_psnr"] > a["train"]["background_psnr"] for a, b in zip(s1, s2)),
+            "runs": len(r),
+            "background_psnr_stage2": float(np.mean([x["train"]["background_psnr"] for x in s2])),
+            "depth_error_stage2": float(np.mean([x["train"]["depth_error"] for x in s2])),
+            "silhouette_iou_stage2": float(np.mean([x["train"]["silhouette_iou"] for x in s2])),
+        }  # fmt: skip
+    lines += ["", "### Per edit (after stage 2, training views; mean over seeds, range in brackets)", "",
+              "| edit | prior's own samples read as target | " + " | ".join(
+                  f"{m}: reads as target / background PSNR" for m in methods) + " |",
+              "|" + "---|" * (2 + len(methods))]  # fmt: skip
+    by_edit: dict[str, list[dict]] = {}
+    for r in results:
+        by_edit.setdefault(f"{r['chain']['source']} -> {r['chain']['target'].split()[0]}", []).append(r)
+    for edit, group in by_edit.items():
+        cells = [edit, spread([g["prior_samples_read_as_target"] for g in group], True)]
+        for method in methods:
+            s2 = [g["runs"][method]["refinement"]["train"] for g in group if method in g["runs"]]
+            cells.append(f"{spread([x['attribute_success'] for x in s2], True)} / {spread([x['background_psnr'] for x in s2])}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Reference: the source reconstruction against the scene's own images has background PSNR "
-              f"{reference.background_psnr:.1f} dB and silhouette IoU {reference.silhouette_iou:.3f}."]  # fmt: skip
-    return "\n".join(lines)
+    reference = [r["source_vs_scene"] for r in results]
+    lines += ["", "Identity is measured against the source reconstruction: object depth change, silhouette IoU "
+              "(1 = the source's silhouette) and background PSNR outside the object. For scale, the source "
+              "reconstructions against the scenes' own images: background PSNR "
+              f"{np.mean([r['background_psnr'] for r in reference]):.1f} dB, silhouette IoU against the true one "
+              f"{np.mean([r['silhouette_iou'] for r in reference]):.3f}, and their object reads as its own colour in "
+              f"{spread([r['train_reads_as_source'] for r in reference], True)} of training and "
+              f"{spread([r['eval_reads_as_source'] for r in reference], True)} of held-out views. {args_text}"]  # fmt: skip
+    return "\n".join(lines), goals
 
 
-def goals(rows: list[Measures]) -> str:
-    pds = next((r for r in rows if r.name == "pds"), None)
-    if pds is None:
-        return "goals: PDS was not run"
-    met = pds.attribute_success >= 0.9 and pds.depth_error < 0.05 and pds.background_psnr >= 25
-    return f"goals ({GOALS}): {'met' if met else 'NOT met'}"
+def goal_lines(goals: dict) -> list[str]:
+    """The issue's goals, each with the measured number; 'met' or 'missed by'."""
+    if "pds" not in goals:
+        return ["goals: PDS was not run"]
+    pds = goals["pds"]
+    lines = [
+        f"- PDS reads as the target after stage 2 in {100 * pds['success_stage2']:.0f}% of views (goal >= 90%): "
+        + ("met" if pds["success_stage2"] >= SUCCESS else f"missed by {100 * (SUCCESS - pds['success_stage2']):.0f} points"),
+        f"- stage 2 lowered PDS's attribute success in {pds['stage2_lowered_success']} of {pds['runs']} runs and raised "
+        f"its background PSNR in {pds['stage2_raised_background']} of {pds['runs']} (goal: never lowers, raises)",
+        f"- PDS background PSNR after stage 2: {pds['background_psnr_stage2']:.1f} dB (goal >= 25 dB): "
+        + ("met" if pds["background_psnr_stage2"] >= 25 else f"missed by {25 - pds['background_psnr_stage2']:.1f} dB"),
+    ]
+    for other in ("sds", "dds"):
+        if other in goals:
+            o = goals[other]
+            better = [pds["depth_error_stage2"] < o["depth_error_stage2"], pds["silhouette_iou_stage2"] > o["silhouette_iou_stage2"],
+                      pds["background_psnr_stage2"] > o["background_psnr_stage2"]]  # fmt: skip
+            lines.append(f"- identity, PDS against {other.upper()} (depth change, silhouette IoU, background PSNR): PDS "
+                         f"better in {sum(better)} of 3")  # fmt: skip
+    return lines
 
 
-def side_by_side(path: Path, views, columns: dict[str, np.ndarray], rows: int) -> None:
-    """A grid: one row per view (evenly spaced), one labelled column per scene, each tile upscaled 2x."""
+def side_by_side(path: Path, roots: list[Path], methods: list[str]) -> None:
+    """One row per edit (seed 0's first held-out view): scene image, source reconstruction, then each method
+    after stage 1 and after stage 2; tiles 2x."""
     from PIL import Image, ImageDraw
 
-    picks = np.linspace(0, len(views) - 1, num=min(rows, len(views))).round().astype(int)
-    tiles = {"scene image": np.stack([v["image"] for v in views]), **columns}
-    size = views[0]["image"].shape[0] * 2
-    grid = Image.new("RGB", (size * len(tiles), 14 + size * len(picks)), "white")
+    rows = []
+    for root in roots:
+        renders = np.load(root / "renders.npz")
+        measures = json.loads((root / "measures.json").read_text())
+        names = sorted(measures["train_views"] + measures["eval_views"])
+        view = names.index((measures["eval_views"] or names)[0])
+        columns = {"scene": renders["scene"][view], "source": renders["source"][view]}
+        for method in methods:
+            for stage, label in (("pds", "stage 1"), ("refinement", "stage 2")):
+                if f"{method}/{stage}" in renders:
+                    columns[f"{method} {label}"] = renders[f"{method}/{stage}"][view]
+        rows.append((f"{measures['chain']['source']} -> {measures['chain']['target'].split()[0]}", columns))
+    size = rows[0][1]["scene"].shape[0] * 2
+    labels = list(rows[0][1])
+    label_width = 150
+    grid = Image.new("RGB", (label_width + size * len(labels), 14 + size * len(rows)), "white")
     draw = ImageDraw.Draw(grid)
-    for c, (label, images) in enumerate(tiles.items()):
-        draw.text((c * size + 3, 2), label, fill="black")
-        for r, view in enumerate(picks):
-            tile = Image.fromarray(np.round(np.clip(images[view], 0, 1) * 255).astype(np.uint8))
-            grid.paste(tile.resize((size, size), Image.NEAREST), (c * size, 14 + r * size))
+    for c, label in enumerate(labels):
+        draw.text((label_width + c * size + 3, 2), label, fill="black")
+    for r, (edit, columns) in enumerate(rows):
+        draw.text((3, 14 + r * size + size // 2 - 5), edit, fill="black")
+        for c, label in enumerate(labels):
+            tile = Image.fromarray(columns[label]).resize((size, size), Image.NEAREST)
+            grid.paste(tile, (label_width + c * size, 14 + r * size))
     grid.save(path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from pds_nerfstudio.fixtures.procedural_scene import PALETTE, make_scene
-    from pds_nerfstudio.fixtures.toy_prior import caption, embedded_toy_prior_dir
+    if args.measure_chain:
+        measure_chain(args.out_dir)
+        return 0
+    from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
 
     try:
-        (source_colour, shape), (target_colour, _) = check_edit(args.source, args.target)
+        todo = chains(args, args.out_dir.absolute())
         prior = (args.prior or embedded_toy_prior_dir()).absolute()
         if not (prior / "model_index.json").is_file():
             raise ValueError(f"--prior {args.prior} is not a Stable Diffusion folder (no model_index.json)")
         if args.clip_model is not None and not (args.clip_model / "config.json").is_file():
             raise ValueError(f"--clip-model {args.clip_model} is not a CLIP folder (no config.json)")
         out = args.out_dir.absolute()
-        if args.measure_only and not (out / "runs").is_dir():
-            raise FileNotFoundError(f"--measure-only: {out} holds no runs of an earlier call")
+        if args.measure_only and not all((c.root / "chain.json").is_file() for c in todo):
+            raise FileNotFoundError(f"--measure-only: {out} does not hold the runs of an earlier call with these edits")
         if not args.measure_only and out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} is not empty: give a new folder (results are never overwritten)")
+        if args.workers < 1:
+            raise ValueError("--workers must be >= 1")
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         print(f"fidelity: error: {err}", file=sys.stderr)
         return 2
-    prompts = (caption(source_colour, shape), caption(target_colour, shape))
-    scene, runs, logs = out / "scene", out / "runs", out / "logs"
     started = time.monotonic()
-    print(f"fidelity: {prompts[0]!r} -> {prompts[1]!r}, prior {prior}, methods {', '.join(args.methods)}")
-    if not args.measure_only:
-        if not args.dry_run:
-            logs.mkdir(parents=True)
-            make_scene(scene, size=args.size, num_views=args.num_views, objects=(args.source,), seed=args.seed)
-        run(reconstruction_command(args, scene, runs), args.dry_run, logs / "reconstruction.log")
-        for method in args.methods:
-            run(edit_command(args, method, prompts, prior, scene, runs), args.dry_run, logs / f"{method}.log")
+    print(f"fidelity: {len(todo)} chains (edits x seeds), methods {', '.join(args.methods)}, prior {prior}")
     if args.dry_run:
+        for chain in todo:
+            run_chain(args, chain, prior)
         return 0
 
-    views, geometry, obj = load_scene(scene)
-    albedo = tuple(obj["rgb"])
-    source = render_views(runs / scene.name / "pds-nerfacto" / "source" / "config.yml", scene)
-    gt = (np.stack([v["image"] for v in views]), np.stack([v["depth"] for v in views]))
-    reference = measure("source vs images", *source, gt, views, geometry, albedo, source_colour, target_colour)
-    rows = [measure("source", *source, source, views, geometry, albedo, source_colour, target_colour)]
-    renders = {"source": source[0]}
-    for method in args.methods:
-        colours, depths = render_views(runs / scene.name / "pds" / method / "config.yml", scene)
-        rows.append(measure(method, colours, depths, source, views, geometry, albedo, source_colour, target_colour))
-        renders[method] = colours
-    if args.clip_model is not None:
-        from pds_nerfstudio.fidelity import clip_directional_similarity
+    def work(chain: Chain) -> None:
+        if args.measure_only:
+            run([sys.executable, Path(__file__), chain.root, "--measure-chain"], chain.root / "logs" / "measure.log", False)
+        else:
+            run_chain(args, chain, prior)
+        print(f"fidelity: {chain.name} seed {chain.seed} done ({(time.monotonic() - started) / 60:.1f} min)", flush=True)
 
-        for row in rows:
-            row.clip_directional = clip_directional_similarity(
-                args.clip_model, source[0], renders[row.name], prompts[0], prompts[1]
-            )
-    side_by_side(out / "side_by_side.png", views, renders, args.views_in_image)
-    report = table(rows, reference, prompts)
-    verdict = goals(rows)
-    settings = (f"Settings: {args.num_views} views of {args.size}x{args.size}, seed {args.seed}; reconstruction "
-                f"{args.reconstruction_iterations} iterations; every method {args.edit_iterations} stage-1 + "
-                f"{args.refinement_iterations} stage-2 iterations, guidance {args.guidance_scale:g}, SDEdit guidance "
-                f"{args.sdedit_guidance_scale:g}, render scale {args.render_scale:g}; prior {prior.name}.")  # fmt: skip
-    (out / "fidelity.md").write_text(f"{report}\n\n{settings}\n\n{verdict}\n")
+    try:
+        with ThreadPoolExecutor(max_workers=args.workers) as pool:
+            list(pool.map(work, todo))
+    except RuntimeError as err:
+        print(f"fidelity: error: {err}", file=sys.stderr)
+        return 1
+    results = [json.loads((c.root / "measures.json").read_text()) for c in todo]
+    settings = (f"Settings: scenes of {args.num_views} views of {args.size}x{args.size} ({args.train_split_fraction:g} "
+                f"for training); reconstruction {args.reconstruction_iterations} iterations; every method "
+                f"{args.pds_iterations} stage-1 + {args.refinement_iterations} stage-2 iterations, guidance "
+                f"{args.guidance_scale:g}, SDEdit guidance {args.sdedit_guidance_scale:g}, render scale "
+                f"{args.render_scale:g}; prior {prior.name}; extra options: {shlex.join(args.options) or 'none'}.")  # fmt: skip
+    tables, goals = report(results, args.methods, settings)
+    verdict = "\n".join(goal_lines(goals))
+    side_by_side(out / "side_by_side.png", [c.root for c in todo if c.seed == todo[0].seed], args.methods)
+    (out / "fidelity.md").write_text(f"{tables}\n\nGoals:\n{verdict}\n")
     (out / "fidelity.json").write_text(json.dumps(
-        {"prompts": prompts, "settings": vars(args) | {"prior": str(prior)}, "reference": reference.__dict__,
-         "rows": [r.__dict__ for r in rows], "palette": PALETTE}, indent=2, default=str) + "\n")  # fmt: skip
-    print(f"\n{report}\n\n{settings}\n{verdict}")
+        {"settings": vars(args) | {"prior": str(prior)}, "goals": goals, "chains": results}, indent=2, default=str) + "\n")
+    print(f"\n{tables}\n\nGoals:\n{verdict}")
     print(f"\nwrote {out / 'fidelity.md'}, {out / 'fidelity.json'}, {out / 'side_by_side.png'} "
           f"in {(time.monotonic() - started) / 60:.1f} min")  # fmt: skip
     return 0

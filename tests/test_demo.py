@@ -122,13 +122,48 @@ def test_summary_names_every_output_and_the_real_weights_commands(demo: ModuleTy
     for stage in ("reconstruction", "pds", "refinement"):
         (layout.run_dir / "renders" / stage).mkdir(parents=True)
         (layout.run_dir / "renders" / stage / "frame_00001.png").write_bytes(b"")
-    text = demo.summary(layout, tmp_path / "prior", gpu=False, durations={"total": 1.0})
+    text = demo.summary(layout, tmp_path / "prior", gpu=False, durations={"total": 1.0}, measured="MEASURED LINES")
     paths = (layout.scene, layout.run_dir, layout.config, layout.run_dir / "logs", layout.video, tmp_path / "prior")
     for path in paths:
         assert str(path) in text
     for stage in ("reconstruction", "pds", "refinement"):
         assert f"{layout.run_dir / 'renders' / stage}/  (1 files)" in text
-    assert "scripts/fidelity.py measures the edit" in text
-    assert "blue speckles" in text  # the CPU budget's known flaw is said, not hidden
+    assert "MEASURED LINES" in text and "scripts/fidelity.py" in text
     assert "ns-train pds --data" in text and "--pipeline.prior.model-id stable-diffusion-v1-5/" in text
     assert "ns-render interpolate" in text
+
+
+def _renders(folder: Path, scene: Path, colour: str | None, names: list[str]) -> None:
+    """Writes renders/<stage>-like PNGs: the scene's own images, or (colour) the same layout in another colour."""
+    import shutil
+
+    folder.mkdir(parents=True)
+    for name in names:
+        shutil.copy((scene.parent / colour if colour else scene) / "images" / name, folder / name)
+
+
+def test_the_demo_measures_its_result_and_fails_when_the_edit_missed(demo: ModuleType, tmp_path: Path) -> None:
+    from pds_nerfstudio.fixtures.procedural_scene import make_scene
+
+    layout = demo.Layout(tmp_path / "out")
+    for colour in ("red", "blue"):  # one layout (seed), two colours: the blue one is a perfect edit
+        make_scene(tmp_path / "out" / ("scene" if colour == "red" else "blue"), size=48, num_views=5,
+                   objects=(f"{colour} sphere",), seed=2)  # fmt: skip
+    names = sorted(p.name for p in (layout.scene / "images").glob("*.png"))
+    renders = layout.run_dir / "renders"
+    _renders(renders / "reconstruction", layout.scene, None, names)
+    _renders(renders / "pds", layout.scene, "blue", names)
+    _renders(renders / "refinement", layout.scene, "blue", names)
+    measures = demo.measure(layout)
+    passed, text = demo.verdict(measures)
+    assert passed, text
+    assert "after stage 2: the sphere reads blue in 5 of 5 training views" in text
+    assert measures["refinement"].background_psnr > 30  # only the sphere changed (its antialiased rim aside)
+
+    import shutil
+
+    shutil.rmtree(renders / "refinement")
+    _renders(renders / "refinement", layout.scene, None, names)  # stage 2 undid the edit
+    passed, text = demo.verdict(demo.measure(layout))
+    assert not passed
+    assert "reads blue in 0 of 5 training views (others read red)" in text and "FAILED" in text

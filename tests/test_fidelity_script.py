@@ -22,55 +22,69 @@ def _fidelity(args: list[str], env: dict[str, str], timeout: float = 900) -> sub
     )
 
 
-def test_fidelity_runs_every_method_and_reports(user_env: dict[str, str], tiny_clip_dir: Path, tmp_path: Path) -> None:
+TINY = ["--size", "32", "--num-views", "8", "--reconstruction-iterations", "20", "--pds-iterations", "3",
+        "--refinement-iterations", "2", "--workers", "1"]  # fmt: skip
+
+
+def test_fidelity_runs_every_method_through_both_stages_and_reports(
+    user_env: dict[str, str], tiny_clip_dir: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "fidelity"
-    tiny = ["--size", "32", "--num-views", "6", "--reconstruction-iterations", "20", "--edit-iterations", "3",
-            "--refinement-iterations", "2", "--views-in-image", "2"]  # fmt: skip
-    result = _fidelity([str(out), *tiny, "--source", "green cube", "--target", "pink cube",
-                        "--clip-model", str(tiny_clip_dir)], user_env)  # fmt: skip
+    args = [str(out), *TINY, "--edits", "green cube:pink cube", "--seeds", "3"]
+    result = _fidelity([*args, "--clip-model", str(tiny_clip_dir)], user_env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "fidelity.json").read_text())
-    assert report["prompts"] == ["a green cube", "a pink cube"]
-    rows = {row["name"]: row for row in report["rows"]}
-    assert list(rows) == ["source", "pds", "sds", "dds"]
-    source = rows["source"]
-    assert source["depth_error"] == 0 and source["background_psnr"] == float("inf")  # itself: no change
-    assert 0 <= source["silhouette_iou"] <= 1  # 20 iterations reconstruct little: only the range is known
-    assert source["clip_directional"] == 0  # no change, no direction
-    for row in rows.values():
-        assert 0 <= row["attribute_success"] <= 1 and len(row["colours"]) == 6
-        assert isinstance(row["clip_directional"], float)
-    assert "| pds |" in result.stdout and "goals (PDS:" in result.stdout
-    assert (out / "fidelity.md").read_text().startswith("Edit 'a green cube' -> 'a pink cube'")
+    (chain,) = report["chains"]
+    assert chain["chain"]["source"] == "green cube" and chain["chain"]["seed"] == 3
+    assert len(chain["train_views"]) == 7 and len(chain["eval_views"]) == 1  # 8 views, 0.875 for training
+    assert 0 <= chain["prior_samples_read_as_target"] <= 1
+    assert set(chain["runs"]) == {"pds", "sds", "dds"}
+    for run in chain["runs"].values():
+        for stage in ("pds", "refinement"):
+            for part, count in (("train", 7), ("eval", 1)):
+                measures = run[stage][part]
+                assert 0 <= measures["attribute_success"] <= 1 and len(measures["colours"]) == count
+                assert 0 <= measures["silhouette_iou"] <= 1
+            assert isinstance(run[stage]["clip_directional"], float)
+        assert run["iterations_to_edit"] is None or 1 <= run["iterations_to_edit"] <= 3
+    assert set(report["goals"]) == {"pds", "sds", "dds"}
+    assert "| pds |" in result.stdout and "Goals:" in result.stdout and "goal >= 90%" in result.stdout
+    assert "green cube -> pink" in (out / "fidelity.md").read_text()
     grid = Image.open(out / "side_by_side.png")
-    assert grid.size == (5 * 64, 14 + 2 * 64)  # scene image, source, pds, sds, dds; two views, tiles 2x
+    assert grid.size == (150 + 8 * 64, 14 + 64)  # scene, source, then each method after stages 1 and 2
     for method in ("pds", "sds", "dds"):
-        config = out / "runs" / "scene" / "pds" / method / "config.yml"
+        config = out / "green-cube_to_pink" / "seed3" / "runs" / "scene" / "pds" / method / "config.yml"
         assert f"method: {method}" in config.read_text()
 
-    again = _fidelity([str(out), *tiny, "--source", "green cube", "--target", "pink cube", "--measure-only"], user_env)
+    again = _fidelity([*args, "--measure-only"], user_env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "$ ns-train" not in again.stdout  # nothing trained again
-    measured = json.loads((out / "fidelity.json").read_text())["rows"]
-    assert [(r["name"], r["colours"]) for r in measured] == [(r["name"], r["colours"]) for r in report["rows"]]
+    measured = json.loads((out / "fidelity.json").read_text())["chains"][0]["runs"]
+    assert {m: r["refinement"]["train"]["colours"] for m, r in measured.items()} == {
+        m: r["refinement"]["train"]["colours"] for m, r in chain["runs"].items()
+    }
 
 
-def test_fidelity_dry_run_prints_the_commands(user_env: dict[str, str], tmp_path: Path) -> None:
+def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str, str], tmp_path: Path) -> None:
     result = _fidelity([str(tmp_path / "out"), "--dry-run", "--methods", "pds"], user_env, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "$ ns-train pds-nerfacto --data" in result.stdout and "--pipeline.method pds" in result.stdout
+    assert result.stdout.count("$ ns-train pds-nerfacto") == 16  # the full matrix: 8 edits x 2 seeds
+    assert "--pipeline.method pds" in result.stdout and "--pipeline.refinement-iterations 210" in result.stdout
+    quick = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "quick"], user_env, timeout=120)
+    assert quick.stdout.count("$ ns-train pds-nerfacto") == 2 and quick.stdout.count("--pipeline.method") == 6
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--target", "blue cube"], "must be the source's shape (sphere) in another colour"),
-        (["--target", "red sphere"], "in another colour"),
-        (["--source", "mauve sphere"], "unknown colour 'mauve'"),
+        (["--edits", "red sphere:blue cube"], "the target must be the source's shape (sphere) in another colour"),
+        (["--edits", "red sphere:red sphere"], "in another colour"),
+        (["--edits", "red sphere blue sphere"], "write SOURCE:TARGET"),
+        (["--edits", "mauve sphere:red sphere"], "unknown colour 'mauve'"),
         (["--clip-model", "/nonexistent"], "is not a CLIP folder"),
         (["--prior", "/nonexistent/prior"], "--prior /nonexistent/prior is not a Stable Diffusion folder"),
-        (["--measure-only"], "holds no runs of an earlier call"),
+        (["--measure-only"], "does not hold the runs of an earlier call"),
     ],
 )
 def test_fidelity_refuses_bad_input(user_env: dict[str, str], tmp_path: Path, args: list[str], message: str) -> None:

@@ -132,10 +132,23 @@ def test_stock_nerfacto_checkpoint_renders_and_starts_an_edit_once_plugin_is_ins
     assert list((tmp_path / "frames").rglob("*.jpg"))
 
     # The same stock checkpoint starts an edit: weights load (its LPIPS weights and optimiser state are ignored).
+    # It has one appearance code per view, which our methods do not train: the edit keeps the embedding, starts
+    # every view from the codes' average and freezes it; the camera poses stay as the reconstruction left them.
+    stock = torch.load(sorted((config.parent / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu")["pipeline"]
+    codes, poses = "_model.field.embedding_appearance.embedding.weight", "_model.camera_optimizer.pose_adjustment"
+    assert stock[codes].shape[1] == 32 and stock[codes].std(dim=0).min() > 0
     (tmp_path / "edit").mkdir()
-    edit = train("pds", tiny_scene, tmp_path / "edit", 0, user_env, *pds_args(tiny_prior_dir, 500, 1, 0),
+    edit = train("pds", tiny_scene, tmp_path / "edit", 0, user_env, *pds_args(tiny_prior_dir, 500, 2, 2),
                  "--load-dir", str(config.parent / "nerfstudio_models"))  # fmt: skip
-    assert torch.load(sorted((edit.parent / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu")["step"] == 500
+    edited = torch.load(sorted((edit.parent / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu")
+    assert edited["step"] == 503
+    average = stock[codes].mean(dim=0, keepdim=True).expand_as(stock[codes])
+    torch.testing.assert_close(edited["pipeline"][codes], average, rtol=0, atol=1e-6)
+    assert torch.equal(edited["pipeline"][poses], stock[poses])
+    assert "use_appearance_embedding: true" in edit.read_text()  # ns-render builds the same model
+    run_cli(["ns-render", "dataset", "--load-config", str(edit), "--output-path", str(tmp_path / "edited"),
+             "--split", "test", "--rendered-output-names", "rgb"], user_env, cwd=tmp_path)  # fmt: skip
+    assert list((tmp_path / "edited").rglob("*.jpg"))
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -163,9 +176,13 @@ def test_ns_train_pds_runs_every_stage_and_its_run_renders_without_the_prior(
     run = config.parent
     checkpoints = sorted((run / "nerfstudio_models").glob("*.ckpt"))
     assert torch.load(checkpoints[-1], map_location="cpu")["step"] == 17  # 3 + 3 + 12 steps, whatever --max-num-iterations says
+    steps = {int(p.stem.split("-")[1]) for p in checkpoints}
+    assert {2, 5, 17} <= steps  # the end of every stage stays loadable
     for stage in ("reconstruction", "pds", "refinement"):
         assert len(list((run / "renders" / stage).glob("*.png"))) == 11, stage
-    assert sorted(p.name for p in (run / "logs").glob("*.png")) == ["step-000000003.png", "step-000000005.png"]
+    logs = sorted(p.name for p in (run / "logs").glob("*.png"))  # stage-1 steps 3 and 5, named by their view
+    assert [name.split("_")[0] for name in logs] == ["step-000000003", "step-000000005"]
+    assert all(Path(name.split("_", 1)[1]).stem.startswith("frame_") for name in logs)
     # A checkpoint holds the scene, not the prior: about the size of the same nerfacto's.
     reference = sorted((trained.parent / "nerfstudio_models").glob("*.ckpt"))[-1]
     assert checkpoints[-1].stat().st_size < 1.05 * reference.stat().st_size

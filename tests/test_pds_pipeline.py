@@ -26,24 +26,55 @@ def _grad_norms(parameters: list[torch.nn.Parameter]) -> float:
     return sum(float(p.grad.abs().sum()) for p in parameters if p.grad is not None)
 
 
-def test_stage1_step_reaches_field_and_proposal_networks(pipeline: PDSPipeline) -> None:
+def test_stage1_step_reaches_the_field_through_the_guidance_loss_alone(pipeline: PDSPipeline) -> None:
     step = pipeline.schedule.start(Stage.PDS)
     groups = pipeline.get_param_groups()
     pipeline.zero_grad()
     outputs, loss_dict, metrics = pipeline.get_train_loss_dict(step)
-    assert set(loss_dict) == {"guidance_loss", "interlevel_loss", "distortion_loss"}
+    assert set(loss_dict) == {"guidance_loss"}  # the authors' stage 1: no proposal losses
     assert outputs["rgb"].shape == (32, 32, 3)
     assert 20 <= metrics["timestep"] < 980
-    loss_dict["guidance_loss"].backward(retain_graph=True)
+    loss_dict["guidance_loss"].backward()
     assert _grad_norms(groups["fields"]) > 0, "the guidance gradient does not reach the field"
-    (loss_dict["interlevel_loss"] + loss_dict["distortion_loss"]).backward()
-    assert _grad_norms(groups["proposal_networks"]) > 0, "stage 1 does not train the proposal networks"
 
     before = {name: p.detach().clone() for name, p in pipeline.model.named_parameters()}
-    torch.optim.Adam(groups["fields"] + groups["proposal_networks"], lr=1e-2).step()
+    torch.optim.Adam(groups["fields"], lr=1e-2).step()
     changed = {name for name, p in pipeline.model.named_parameters() if not torch.equal(before[name], p)}
     assert any(name.startswith("field.") for name in changed)
-    assert any(name.startswith("proposal_networks.") for name in changed)
+
+
+def test_proposal_losses_in_stage1_are_an_option_that_trains_the_proposal_networks(
+    tiny_scene: Path, tiny_prior_dir: Path
+) -> None:
+    torch.manual_seed(0)
+    pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir, pds_proposal_losses=True).setup(device="cpu", test_mode="val")
+    pipeline.train()
+    _, loss_dict, _ = pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
+    assert set(loss_dict) == {"guidance_loss", "interlevel_loss", "distortion_loss"}
+    (loss_dict["interlevel_loss"] + loss_dict["distortion_loss"]).backward()
+    assert _grad_norms(pipeline.get_param_groups()["proposal_networks"]) > 0
+
+
+def test_the_edit_freezes_camera_poses_and_averages_the_appearance_codes(tiny_scene: Path, tiny_prior_dir: Path) -> None:
+    config = tiny_pds_config(tiny_scene, tiny_prior_dir)
+    config.model.use_appearance_embedding = True
+    pipeline = config.setup(device="cpu", test_mode="val")
+    codes = pipeline.model.field.embedding_appearance.embedding.weight
+    with torch.no_grad():
+        codes.normal_()
+    average = codes.detach().mean(dim=0)
+    poses = list(pipeline.model.camera_optimizer.parameters())
+    assert poses and codes.requires_grad
+
+    frozen = pipeline.freeze_for_edit()
+    assert {id(p) for p in frozen} == {id(p) for p in [*poses, codes]}
+    assert not codes.requires_grad and not any(p.requires_grad for p in poses)
+    torch.testing.assert_close(codes.detach(), average.expand_as(codes), rtol=0, atol=1e-6)
+    pipeline.train()
+    _, loss_dict, _ = pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
+    sum(loss_dict.values()).backward()
+    assert codes.grad is None and all(p.grad is None for p in poses)
+    assert _grad_norms(pipeline.get_param_groups()["fields"]) > 0  # the edit goes into the scene
 
 
 def test_stage1_keeps_a_view_for_change_view_every_steps(pipeline: PDSPipeline) -> None:
@@ -54,28 +85,41 @@ def test_stage1_keeps_a_view_for_change_view_every_steps(pipeline: PDSPipeline) 
     assert len({block[0] for block in blocks}) > 1
 
 
-def test_stage2_replaces_one_image_every_sdedit_every_steps(pipeline: PDSPipeline) -> None:
+def test_stage2_trains_on_stage1_renders_and_replaces_one_every_sdedit_every_steps(pipeline: PDSPipeline) -> None:
     start = pipeline.schedule.start(Stage.REFINEMENT)
     manager = pipeline.datamanager
     views = range(manager.num_train_images)
     originals = [manager.original_image(v).clone() for v in views]
-    previous = [manager.current_image(v).clone() for v in views]
-    replaced = []
+    replaced, previous = [], None
     for step in range(start, start + 21):
         pipeline.get_train_loss_dict(step)
         current = [manager.current_image(v).clone() for v in views]
-        changed = [v for v in views if not torch.equal(current[v], previous[v])]
+        if previous is None:  # the first stage-2 step: every image is its view's stage-1 render, then one SDEdit
+            renders = pipeline.stage1_renders
+            assert renders is not None and renders.shape == (len(views), 32, 32, 3)
+            changed = [v for v in views if not torch.equal(current[v], renders[v])]
+        else:
+            changed = [v for v in views if not torch.equal(current[v], previous[v])]
         if (step - start) % pipeline.config.sdedit_every == 0:
-            assert changed == [pipeline.last_refined_view]
+            assert changed == [pipeline.last_refined_view] == [pipeline.sdedit_view(step)]
             replaced.append(changed[0])
         else:
             assert changed == []
         previous = current
-    assert len(replaced) == 3
-    assert pipeline.stage1_renders is not None and pipeline.stage1_renders.shape == (len(views), 32, 32, 3)
+    assert len(replaced) == 3 and len(set(replaced)) == 3
     untouched = [v for v in views if v not in replaced]
-    assert all(torch.equal(manager.current_image(v), originals[v]) for v in untouched)
+    assert all(torch.equal(manager.current_image(v), pipeline.stage1_renders[v]) for v in untouched)
     assert all(torch.equal(manager.original_image(v), originals[v]) for v in views)  # sources are kept
+
+
+def test_sdedit_visits_every_view_once_per_cycle_in_a_seeded_order(pipeline: PDSPipeline) -> None:
+    start, every = pipeline.schedule.start(Stage.REFINEMENT), pipeline.config.sdedit_every
+    count = pipeline.datamanager.num_train_images
+    visits = [pipeline.sdedit_view(start + every * k) for k in range(3 * count)]
+    cycles = [visits[i : i + count] for i in range(0, len(visits), count)]
+    assert all(sorted(cycle) == list(range(count)) for cycle in cycles)
+    assert cycles[0] != cycles[1] and cycles[0] != list(range(count))  # drawn, not in order
+    assert visits == [pipeline.sdedit_view(start + every * k) for k in range(3 * count)]  # a function of the step
 
 
 def test_viewer_shows_stage_and_edits_prompts_and_guidance(pipeline: PDSPipeline) -> None:

@@ -30,7 +30,7 @@ def make_trainer(tmp_path: Path, **options: object) -> PDSTrainer:
 )
 def test_missing_checkpoints_are_refused_with_a_message(tmp_path: Path, options: dict, message: str) -> None:
     with pytest.raises(SystemExit, match=message):
-        make_trainer(tmp_path, **options).checkpoint_path()
+        make_trainer(tmp_path, **options).config.checkpoint_path()
 
 
 def test_load_step_that_is_absent_lists_the_steps_found(tmp_path: Path) -> None:
@@ -38,7 +38,7 @@ def test_load_step_that_is_absent_lists_the_steps_found(tmp_path: Path) -> None:
     models.mkdir()
     (models / "step-000000004.ckpt").write_bytes(b"")
     with pytest.raises(SystemExit, match=r"found steps \[4\]"):
-        make_trainer(tmp_path, load_dir=models, load_step=9).checkpoint_path()
+        make_trainer(tmp_path, load_dir=models, load_step=9).config.checkpoint_path()
 
 
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_usable(
