@@ -113,10 +113,14 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     """Largest SDEdit noise level, as a fraction of N (0.2 of 20: up to 4 DDIM steps)."""
     log_every: int = 100
     """Stage 1 writes a source | render | gradient image every this many iterations."""
+    stall_intervals: int = 3
+    """Warn when, for this many logging intervals in a row, no guidance gradient reaches the scene or a probe
+    view's render does not change (a stalled edit: the warning names the likely causes)."""
     seed: int = 42
     """Seed of view choice, timesteps and noises: the same seed and step give the same draws."""
     max_nonfinite_steps: int = 20
-    """Stop the run after this many consecutive iterations with a non-finite loss (none reaches the scene)."""
+    """Stop the run after this many consecutive iterations whose loss or gradients were not finite (each one is
+    skipped: under mixed precision nerfstudio's GradScaler skips it and backs off, else the step is dropped)."""
 
     def stage_schedule(self) -> StageSchedule:
         """The stage lengths as a schedule."""
@@ -132,7 +136,8 @@ class PDSPipelineConfig(VanillaPipelineConfig):
         _check_ratio_range(
             self.sdedit_min_step_ratio, self.sdedit_max_step_ratio, "--pipeline.sdedit-min-step-ratio", allow_equal=True
         )
-        for name in ("change_view_every", "sdedit_every", "log_every", "render_chunk_size", "num_subset_steps"):
+        for name in ("change_view_every", "sdedit_every", "log_every", "render_chunk_size", "num_subset_steps",
+                     "stall_intervals", "max_nonfinite_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--pipeline.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.render_scale <= 1.0:
@@ -146,14 +151,6 @@ def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bo
         max_option = min_option.replace("min-", "max-")
         relation = "<=" if allow_equal else "<"
         raise ValueError(f"{min_option} and {max_option} must satisfy 0 <= min {relation} max <= 1, got {low} and {high}")
-
-
-class NonFiniteTrainingError(RuntimeError):
-    """Training keeps producing non-finite losses; continuing would write a broken scene."""
-
-
-def _zero_nonfinite(grad: Tensor) -> Tensor:
-    return torch.nan_to_num(grad, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
@@ -190,9 +187,7 @@ class PDSPipeline(VanillaPipeline):
         self.run_dir: Optional[Path] = None
         self.last_refined_view: Optional[int] = None
         self._stage_shown: Optional[Stage] = None
-        self._nonfinite_steps = 0
-        for parameter in self.model.parameters():  # non-finite gradients never reach the scene
-            parameter.register_hook(_zero_nonfinite)
+        self._probe: Optional[Tensor] = None
         self.viewer_stage = ViewerText("Edit stage", "", disabled=True, hint="The stage the edit is in")
         self.viewer_source_prompt = ViewerText(
             "Source prompt", config.source_prompt, cb_hook=self._on_prompt_change, hint="Describes the scene as is"
@@ -284,28 +279,28 @@ class PDSPipeline(VanillaPipeline):
             if stage is Stage.REFINEMENT:
                 self._refine_images(step)
             outputs, loss_dict, metrics_dict = super().get_train_loss_dict(step)
-        return outputs, self._finite_losses(loss_dict, step), metrics_dict
+        return outputs, loss_dict, metrics_dict
 
-    def _finite_losses(self, loss_dict: Dict[str, Tensor], step: int) -> Dict[str, Tensor]:
-        """The losses, or, when one is not finite, a zero loss that leaves the scene unchanged.
+    def is_log_step(self, step: int) -> bool:
+        """Whether stage-1 step `step` writes a logging image (and the trainer checks for a stall)."""
+        return self.schedule.stage_at(step) is Stage.PDS and (step - self.schedule.start(Stage.PDS)) % self.config.log_every == 0
 
-        One host synchronisation per step (one check of all losses together), before back-propagation.
-        """
-        values = [loss.detach().reshape(-1).float() for loss in loss_dict.values()]
-        if not values or bool(torch.isfinite(torch.cat([v.to(values[0].device) for v in values])).all()):
-            self._nonfinite_steps = 0
-            return loss_dict
-        self._nonfinite_steps += 1
-        bad = sorted(name for name, loss in loss_dict.items() if not bool(torch.isfinite(loss).all()))
-        if self._nonfinite_steps >= self.config.max_nonfinite_steps:
-            raise NonFiniteTrainingError(
-                f"{self._nonfinite_steps} iterations in a row up to step {step} gave non-finite {', '.join(bad)}; "
-                "the last checkpoint is intact. Lower --pipeline.guidance-scale or the learning rates "
-                "(--optimizers.fields.optimizer.lr), or use --pipeline.prior.dtype fp32"
-            )
-        CONSOLE.print(f"[bold yellow]Step {step}: non-finite {', '.join(bad)} skipped")
-        zero = sum(parameter.sum() for parameter in self.model.parameters()) * 0.0
-        return {"skipped_loss": zero}
+    def gradient_norm(self) -> float:
+        """Norm of the gradients that the last back-propagation left on the scene's trainable parameters."""
+        grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.requires_grad and p.grad is not None]
+        return float(torch.stack(grads).norm()) if grads else 0.0
+
+    @torch.no_grad()
+    def probe_change(self) -> Optional[float]:
+        """Largest change of training view 0's render (at the stage-1 render scale) since the last call; None at
+        the first call."""
+        was_training = self.model.training
+        self.model.eval()
+        rays = self.render_cameras().generate_rays(camera_indices=0, keep_shape=True)
+        render = self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"]
+        self.model.train(was_training)
+        previous, self._probe = self._probe, render
+        return None if previous is None else float((render - previous).abs().max())
 
     def view_for_step(self, step: int) -> int:
         """Training view of stage-1 step `step`: one view per `change_view_every` steps, drawn at random."""
@@ -336,7 +331,7 @@ class PDSPipeline(VanillaPipeline):
             loss_dict["distortion_loss"] = self.model.config.distortion_loss_mult * render.distortion_loss
         # tensors, not floats: nerfstudio reads them only on logging steps, so no step waits for the GPU here
         metrics_dict = {"timestep": result.t[0].detach(), "view": float(view), "grad_norm": result.grad.detach().norm()}
-        if (step - self.schedule.start(Stage.PDS)) % config.log_every == 0:
+        if self.is_log_step(step):
             self._log_guidance(step, view, render.rgb.detach(), result.grad)
         return {"rgb": render.rgb}, loss_dict, metrics_dict
 
@@ -434,6 +429,10 @@ class PDSPipeline(VanillaPipeline):
                 generator=generator,
             )
             image = from_prior_output(prior.decode(edited), (height, width))
+        if not bool(torch.isfinite(image).all()):  # e.g. an fp16 overflow in the prior: keep the image training sees
+            CONSOLE.print(f"[bold yellow]Step {step}: the SDEdit of view {view} is not finite; its image is kept "
+                          "(--pipeline.prior.dtype fp32 avoids half-precision overflow)")  # fmt: skip
+            return
         self._set_training_image(view, image)
         self.last_refined_view = view
 

@@ -12,10 +12,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Literal, Optional, Type
+from typing import Any, Dict, List, Literal, Optional, Type
 
 import torch
 
@@ -26,9 +27,11 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pds_nerfstudio.pipeline import PDS_MARKER, NonFiniteTrainingError, PDSPipeline
+from pds_nerfstudio.pipeline import PDS_MARKER, PDSPipeline
 from pds_nerfstudio.prior import PriorLoadError
 from pds_nerfstudio.stages import Stage
+from pds_nerfstudio.stall import StallDetector
+from pds_nerfstudio.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
 
 APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
 """Where a nerfacto checkpoint keeps its per-view appearance codes (nerfstudio 1.1.5)."""
@@ -44,6 +47,19 @@ def authors_edit_optimizers() -> Dict[str, Any]:
         }
         for group in ("proposal_networks", "fields")
     }
+
+
+def validate_learning_rates(optimizers: Dict[str, Any], option: str) -> None:
+    """Refuses a learning rate that is not a positive number: nerfstudio 1.1.5's exponential schedule divides by
+    it (a rate of 0 turns every parameter into NaN at the first step)."""
+    for group, entry in optimizers.items():
+        flag = f"{option}.{group.replace('_', '-')}"
+        rates = [("optimizer.lr", entry["optimizer"].lr)]
+        if entry.get("scheduler") is not None and getattr(entry["scheduler"], "lr_final", None) is not None:
+            rates.append(("scheduler.lr-final", entry["scheduler"].lr_final))
+        for name, rate in rates:
+            if not (rate > 0 and math.isfinite(rate)):
+                raise ValueError(f"{flag}.{name} must be a number > 0, got {rate} (to slow a group down, use a tiny rate)")
 
 
 @dataclass
@@ -64,6 +80,8 @@ class PDSTrainerConfig(TrainerConfig):
         """Refuses bad options and an occupied run folder before anything is written, then saves config.yml."""
         try:
             self.pipeline.validate()
+            validate_learning_rates(self.optimizers, "--optimizers")
+            validate_learning_rates(self.edit_optimizers, "--edit-optimizers")
         except ValueError as error:
             raise SystemExit(f"error: {error}") from None
         base_dir = self.get_base_dir()
@@ -72,7 +90,7 @@ class PDSTrainerConfig(TrainerConfig):
                 f"error: run folder {base_dir} already holds a run; leave --timestamp at its default "
                 "or choose another, so that runs never share a folder"
             )
-        self.adopt_checkpoint_appearance()
+        self.prepare_from_checkpoint()
         super().save_config()
 
     def checkpoint_path(self) -> Optional[Path]:
@@ -97,7 +115,38 @@ class PDSTrainerConfig(TrainerConfig):
             raise SystemExit(f"error: --load-step {step}: {path} does not exist (found steps {steps})")
         return path
 
-    def adopt_checkpoint_appearance(self) -> None:
+    def prepare_from_checkpoint(self) -> None:
+        """Checks a resumed edit against its checkpoint and adopts the starting scene's appearance embedding,
+        before anything is written (see :meth:`_check_resume` and :meth:`_adopt_appearance`)."""
+        path = self.checkpoint_path()
+        if path is None:
+            return
+        state = torch.load(path, map_location="cpu", mmap=True)  # mapped: only a few entries are read
+        pipeline_state = state.get("pipeline", {})
+        if PDS_MARKER in pipeline_state:
+            self._check_resume(path, int(state["step"]), [int(n) for n in pipeline_state[PDS_MARKER].tolist()])
+        self._adopt_appearance(path, pipeline_state)
+
+    def _check_resume(self, path: Path, step: int, stored: List[int]) -> None:
+        """A resumed edit keeps its stage lengths (the stage of a step, and the stage-2 images replayed on resume,
+        depend on them), and a finished edit has nothing to resume."""
+        given = [self.pipeline.reconstruction_iterations, self.pipeline.pds_iterations, self.pipeline.refinement_iterations]
+        if given != stored:
+            raise SystemExit(
+                f"error: {path} belongs to an edit with stage lengths {' + '.join(map(str, stored))} (reconstruction + "
+                f"PDS + refinement iterations), this run asks for {' + '.join(map(str, given))}: resume with the same "
+                "--pipeline.reconstruction-iterations, --pipeline.pds-iterations and --pipeline.refinement-iterations "
+                "(the stage of every step, and the stage-2 images rebuilt on resume, depend on them)"
+            )
+        if step + 1 >= sum(stored):
+            run = path.parent.parent
+            CONSOLE.print(
+                f"The edit of {run} is finished: its checkpoint is at step {step}, the last of its {sum(stored)} steps. "
+                f"Nothing to resume; render it with ns-render interpolate --load-config {run / 'config.yml'}"
+            )
+            raise SystemExit(0)
+
+    def _adopt_appearance(self, path: Path, pipeline_state: Dict[str, Any]) -> None:
         """The scene model has an appearance embedding exactly when the starting checkpoint has one.
 
         Our methods reconstruct without one (the authors' recipe), stock `ns-train nerfacto` with one
@@ -105,11 +154,7 @@ class PDSTrainerConfig(TrainerConfig):
         its average and freezes (:meth:`PDSPipeline.freeze_for_edit`). Runs before config.yml is written,
         so that `ns-render` builds the same model.
         """
-        path = self.checkpoint_path()
-        if path is None:
-            return
-        state = torch.load(path, map_location="cpu", mmap=True).get("pipeline", {})
-        weight = state.get(APPEARANCE_KEY)
+        weight = pipeline_state.get(APPEARANCE_KEY)
         dim = int(weight.shape[1]) if weight is not None and weight.ndim == 2 else 0
         model = self.pipeline.model
         if (dim > 0) == bool(model.use_appearance_embedding) and (dim == 0 or dim == model.appearance_embed_dim):
@@ -129,8 +174,10 @@ class PDSTrainer(Trainer):
     pipeline: PDSPipeline
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
-        self.config.adopt_checkpoint_appearance()  # as save_config does, for trainers set up without it
+        self.config.prepare_from_checkpoint()  # as save_config does, for trainers set up without it
         self._optimizer_stage = Stage.RECONSTRUCTION  # Trainer.setup builds the optimisers of `--optimizers`
+        self.nonfinite_guard = NonFiniteGuard(self.config.pipeline.max_nonfinite_steps)
+        self.stall = StallDetector(self.config.pipeline.stall_intervals)
         try:
             super().setup(test_mode)
             schedule = self.pipeline.schedule
@@ -161,6 +208,10 @@ class PDSTrainer(Trainer):
             super()._load_checkpoint()
         self.config.max_num_iterations = max(0, self.pipeline.schedule.total - self._start_step)
 
+    def setup_optimizers(self) -> GuardedOptimizers:
+        """nerfstudio's optimisers, guarded against non-finite steps (:mod:`pds_nerfstudio.step_guard`)."""
+        return GuardedOptimizers(self.config.optimizers.copy(), self.pipeline.get_param_groups())
+
     def use_optimizers_of(self, stage: Stage) -> None:
         """Optimisers, schedules, frozen parameters and precision of `stage`, started afresh.
 
@@ -187,8 +238,19 @@ class PDSTrainer(Trainer):
         stage = self.pipeline.schedule.stage_at(step)
         if stage is not getattr(self, "_optimizer_stage", Stage.RECONSTRUCTION) and stage is not Stage.DONE:
             self.use_optimizers_of(stage)
+        scale = self.grad_scaler.get_scale() if self.grad_scaler.is_enabled() else None
         try:
             result = super().train_iteration(step)
+            overflow = scale is not None and self.grad_scaler.get_scale() < scale  # the scaler skipped the step
+            loss_finite = bool(torch.isfinite(result[0]).all())
+            if self.nonfinite_guard.record(step, loss_finite, overflow or self.optimizers.skipped, stage.value):
+                if not overflow or self.nonfinite_guard.in_a_row > 1:  # a lone overflow is the scaler's routine
+                    CONSOLE.print(f"[bold yellow]Step {step}: non-finite {'gradients' if loss_finite else 'loss'}; "
+                                  "the step was skipped, the scene is unchanged")  # fmt: skip
+            if self.pipeline.is_log_step(step):
+                warning = self.stall.record(step, self.pipeline.gradient_norm(), self.pipeline.probe_change())
+                if warning is not None:
+                    CONSOLE.print(f"[bold yellow]{warning}")
         except torch.cuda.OutOfMemoryError:
             raise SystemExit(
                 f"error: out of GPU memory at step {step} ({self.pipeline.schedule.stage_at(step).value}). "
