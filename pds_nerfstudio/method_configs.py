@@ -23,10 +23,12 @@ from nerfstudio.engine.trainer import TrainerConfig  # noqa: E402
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig  # noqa: E402
 from nerfstudio.plugins.types import MethodSpecification  # noqa: E402
 
-from pds_nerfstudio.datamanager import PDSDataManagerConfig  # noqa: E402
-from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig  # noqa: E402
-from pds_nerfstudio.pipeline import PDSPipelineConfig  # noqa: E402
-from pds_nerfstudio.trainer import PDSTrainerConfig  # noqa: E402
+from pds_nerfstudio.data.datamanager import PDSDataManagerConfig  # noqa: E402
+from pds_nerfstudio.data.full_image_datamanager import PDSFullImageDataManagerConfig  # noqa: E402
+from pds_nerfstudio.edit.trainer import PDSTrainerConfig  # noqa: E402
+from pds_nerfstudio.scenes.nerfacto import NerfactoEditPipelineConfig  # noqa: E402
+from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig  # noqa: E402
+from pds_nerfstudio.scenes.splatfacto import PDSSplatfactoModelConfig, SplatfactoEditPipelineConfig  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -98,7 +100,7 @@ pds_method = MethodSpecification(
         max_num_iterations=75000,
         mixed_precision=HAS_CUDA,
         machine=default_machine(),
-        pipeline=PDSPipelineConfig(
+        pipeline=NerfactoEditPipelineConfig(
             datamanager=PDSDataManagerConfig(
                 dataparser=NerfstudioDataParserConfig(),
                 train_num_rays_per_batch=4096,
@@ -112,4 +114,78 @@ pds_method = MethodSpecification(
         vis="viewer",
     ),
     description="Text-driven scene editing with Posterior Distillation Sampling: reconstruction, PDS, refinement.",
+)
+
+
+def splatfacto_optimizers() -> dict:
+    """Splatfacto's optimizers and schedules as in nerfstudio 1.1.5's ``method_configs["splatfacto"]``."""
+    optimizers = {
+        "means": {
+            "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000),
+        },
+        **{
+            name: {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
+            for name, lr in (("features_dc", 0.0025), ("features_rest", 0.0025 / 20), ("opacities", 0.05),
+                             ("scales", 0.005), ("quats", 0.001))
+        },  # fmt: skip
+        "camera_opt": {
+            "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
+        },
+        "bilateral_grid": {
+            "optimizer": AdamOptimizerConfig(lr=2e-3, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
+        },
+    }
+    return optimizers
+
+
+def splat_edit_optimizers() -> dict:
+    """The authors' optimizers of `pds_splat` and `pds_splat_refinement` (splatfacto's per-parameter rates, means
+    decaying from 1.6e-4 to 1.6e-6 over 30,000 steps), started afresh in each edit stage; no camera optimizer."""
+    return {name: entry for name, entry in splatfacto_optimizers().items() if name not in ("camera_opt", "bilateral_grid")}
+
+
+def splat_datamanager() -> PDSFullImageDataManagerConfig:
+    """Whole images, with splatfacto's seed points read from the scene (`ply_file_path` in transforms.json)."""
+    return PDSFullImageDataManagerConfig(dataparser=NerfstudioDataParserConfig(load_3D_points=True))
+
+
+pds_splatfacto_method = MethodSpecification(
+    config=TrainerConfig(
+        method_name="pds-splatfacto",
+        steps_per_eval_image=500,
+        steps_per_eval_batch=0,
+        steps_per_save=2000,
+        steps_per_eval_all_images=1000000,
+        max_num_iterations=30000,
+        mixed_precision=False,
+        machine=default_machine(),
+        pipeline=VanillaPipelineConfig(datamanager=splat_datamanager(), model=PDSSplatfactoModelConfig()),
+        optimizers=splatfacto_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    ),
+    description="Splatfacto reconstruction for PDS editing: stock splatfacto, offline, and on CPU with a reference rasteriser.",
+)
+
+
+pds_splat_method = MethodSpecification(
+    config=PDSTrainerConfig(
+        method_name="pds-splat",
+        steps_per_eval_image=500,
+        steps_per_eval_batch=0,
+        steps_per_save=1000,
+        steps_per_eval_all_images=1000000,
+        max_num_iterations=75000,
+        mixed_precision=False,
+        machine=default_machine(),
+        pipeline=SplatfactoEditPipelineConfig(datamanager=splat_datamanager(), model=PDSSplatfactoModelConfig()),
+        optimizers=splatfacto_optimizers(),
+        edit_optimizers=splat_edit_optimizers(),
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+    ),
+    description="Text-driven editing of a Gaussian splat scene with PDS: reconstruction (splatfacto), PDS, refinement.",
 )

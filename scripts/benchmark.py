@@ -11,10 +11,13 @@ Modes (same scene, prior weights and seeds, in one run):
            compilation happens in the warm-up iterations).
   triton:  ours with the fused Triton hash encoding (--pipeline.fast-encoding triton); on the GPU only by
            default (on CPU it runs in Triton's interpreter).
+  splat:   `ns-train pds-splat` (Gaussian splats: gsplat on the GPU, the reference rasteriser on CPU) at the
+           largest size, its Gaussians started from the scene's point cloud; on the GPU only by default.
 
 Each mode's pipeline is built once. Its stage-1 rows change only the render size (--pipeline.render-scale)
 and the chunk size; the diffusion half of a stage-1 step (encode with gradient, guidance, encoder backward),
-a stage-2 iteration and a plain nerfacto iteration depend on neither, so they are measured once per mode.
+a stage-2 iteration and an iteration of the scene's own method (nerfacto, or splatfacto for splat) depend on
+neither, so they are measured once per mode.
 Rows are measured in the order that decides most first (ours, large to small, then its other chunk sizes at
 the largest; the authors' way, small to large, so that its out-of-memory sizes come last; triton), so a run
 cut short by --time-budget or a killed job still holds them; --output rewrites the report after every row.
@@ -46,19 +49,17 @@ from unittest import mock
 
 import torch
 
-import pds_nerfstudio.pipeline as pipeline_module
-
-from pds_nerfstudio.fast_encoding import encoding_in_use
+from pds_nerfstudio.fast.fast_encoding import encoding_in_use
 from pds_nerfstudio.fixtures.procedural_scene import make_scene
 from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior, default_prior_dir
-from pds_nerfstudio.method_configs import pds_method
-from pds_nerfstudio.pipeline import PDSPipeline
-from pds_nerfstudio.stages import Stage
+from pds_nerfstudio.method_configs import pds_method, pds_splat_method
+from pds_nerfstudio.edit.pipeline import EditPipeline
+from pds_nerfstudio.edit.stages import Stage
 
 FACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "in2n_face"
 PDS_ITERATIONS, REFINEMENT_ITERATIONS = 30000, 15000
-MODES = ("ours", "authors", "triton")  # measured in this order
-SHOWN = ("authors", "ours", "triton")  # the baseline first in each table
+MODES = ("ours", "authors", "triton", "splat")  # measured in this order
+SHOWN = ("authors", "ours", "triton", "splat")  # the baseline first in each table
 OUT_OF_MEMORY, SKIPPED = "out of memory", "skipped (time budget)"
 
 
@@ -88,8 +89,9 @@ class ModeRow:
     """The diffusion half of a stage-1 step at the prior's 512 px: encode with gradient, guidance, encoder backward."""
     stage2_ms: Optional[float] = None
     """A stage-2 iteration, its SDEdit every `sdedit_every` iterations amortised."""
-    nerfacto_ms: Optional[float] = None
-    """A plain nerfacto iteration of the same pipeline (ray batch, nerfacto's losses)."""
+    own_step_ms: Optional[float] = None
+    """An iteration of the scene's own method on the same pipeline (nerfacto: a ray batch and its losses;
+    splatfacto: a whole image and its losses)."""
     encoding: str = "-"
     """What computed the hash encodings (a fast path that failed to build reads "plain (... failed)")."""
 
@@ -120,11 +122,14 @@ TINY_MODEL = dict(
 
 
 def build(scene: Path, prior: Path, device: torch.device, mode: str, tiny: bool):
-    """The `pds` method's pipeline and optimisers with this mode's settings."""
+    """The `pds` (or `pds-splat`) method's pipeline and optimisers with this mode's settings."""
     from nerfstudio.engine.optimizers import Optimizers
 
-    config = copy.deepcopy(pds_method.config.pipeline)
-    if tiny:
+    method = pds_splat_method if mode == "splat" else pds_method
+    config = copy.deepcopy(method.config.pipeline)
+    if mode == "splat":
+        config.model.num_downscales = 0  # full resolution: what an edit renders
+    elif tiny:
         for name, value in TINY_MODEL.items():
             setattr(config.model, name, value)
         config.datamanager.train_num_rays_per_batch = 256
@@ -133,23 +138,26 @@ def build(scene: Path, prior: Path, device: torch.device, mode: str, tiny: bool)
     config.reconstruction_iterations, config.pds_iterations, config.refinement_iterations = 0, 10**6, 10**6
     config.log_every = 10**9
     ours = mode != "authors"
-    config.deferred_backprop = ours
-    config.fast_encoding = {"authors": "off", "ours": "compile", "triton": "triton"}[mode]
+    if mode != "splat":
+        config.deferred_backprop = ours
+        config.fast_encoding = {"authors": "off", "ours": "compile", "triton": "triton"}[mode]
     config.prior.model_id = str(prior)
     config.prior.device = str(device)
     config.prior.dtype = "fp16" if ours and device.type == "cuda" else "fp32"
     config.prior.batched_guidance = ours
     config.prior.channels_last = ours
-    pipeline: PDSPipeline = config.setup(device=str(device), test_mode="val")
+    pipeline: EditPipeline = config.setup(device=str(device), test_mode="val")
     pipeline.train()
-    optimizers = Optimizers(copy.deepcopy(pds_method.config.optimizers), pipeline.get_param_groups())
+    optimizers = Optimizers(copy.deepcopy(method.config.optimizers), pipeline.get_param_groups())
+    if mode == "splat":
+        pipeline.model.step_cb(optimizers, 0)  # what splatfacto's training callback gives it before every step
     return pipeline, optimizers
 
 
 class ModeBench:
     """One mode's pipeline, built once, and the measurements made on it."""
 
-    def __init__(self, pipeline: PDSPipeline, optimizers, device: torch.device, iterations: int, warmup: int) -> None:
+    def __init__(self, pipeline: EditPipeline, optimizers, device: torch.device, iterations: int, warmup: int) -> None:
         self.pipeline, self.optimizers, self.device = pipeline, optimizers, device
         self.iterations, self.warmup = iterations, warmup
 
@@ -206,9 +214,9 @@ class ModeBench:
             return run
 
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-        render, guidance = pipeline_module.render_view, pipeline.guidance_loss
+        render, guidance = pipeline.scene.render_view, pipeline.guidance_loss
         with ExitStack() as stack:
-            stack.enter_context(mock.patch.object(pipeline_module, "render_view", labelled(render, "pds: render forward")))
+            stack.enter_context(mock.patch.object(pipeline.scene, "render_view", labelled(render, "pds: render forward")))
             stack.enter_context(mock.patch.object(pipeline, "guidance_loss", labelled(guidance, "pds: diffusion half forward")))
             with torch.profiler.profile(activities=activities) as profile:
                 step(start + 1)
@@ -217,7 +225,7 @@ class ModeBench:
         return profile.key_averages().table(sort_by=sort, row_limit=40)
 
     def diffusion_half(self) -> float:
-        """ms of `PDSPipeline.guidance_loss` and its backward into a full-resolution image (no render)."""
+        """ms of `EditPipeline.guidance_loss` and its backward into a full-resolution image (no render)."""
         pipeline = self.pipeline
         start = self.render_at(1.0, pipeline.config.render_chunk_size)
         cameras, view = pipeline.render_cameras(), pipeline.view_for_step(start)
@@ -232,7 +240,7 @@ class ModeBench:
         return median_ms(run, self.steps(start), self.warmup, self.device)
 
     def stage2(self) -> tuple[float, float]:
-        """(ms of a stage-2 iteration with its SDEdit amortised, ms of a plain nerfacto iteration)."""
+        """(ms of a stage-2 iteration with its SDEdit amortised, ms of an iteration of the scene's own method)."""
         pipeline, manager = self.pipeline, self.pipeline.datamanager
         # stage 2 starts from the stage-1 renders; the originals stand in for them
         originals = [manager.original_image(view)[..., :3].cpu() for view in range(manager.num_train_images)]
@@ -240,9 +248,9 @@ class ModeBench:
         every, run_step = pipeline.config.sdedit_every, self.pipeline_step()
         blocks = self.steps(pipeline.schedule.start(Stage.REFINEMENT), every)
         stage2 = median_ms(lambda s: [run_step(s + i) for i in range(every)], blocks, self.warmup, self.device)
-        nerfacto_step = self.train_step(lambda s: super(PDSPipeline, pipeline).get_train_loss_dict(s)[1])
-        nerfacto = median_ms(nerfacto_step, self.steps(0), self.warmup, self.device)
-        return stage2 / every, nerfacto
+        own_step = self.train_step(lambda s: super(EditPipeline, pipeline).get_train_loss_dict(s)[1])
+        own = median_ms(own_step, self.steps(0), self.warmup, self.device)
+        return stage2 / every, own
 
 
 def out_of_memory_guard(measure: Callable[[], object]) -> object:
@@ -292,7 +300,7 @@ class Report:
         ]
         baselines = {row.resolution: row.ms for row in self.stage1 if row.mode == "authors" and row.ms}
         for row in sorted(self.stage1, key=lambda r: (r.resolution, SHOWN.index(r.mode), -r.chunk)):
-            cells = [str(row.resolution), row.mode, str(row.chunk)]
+            cells = [str(row.resolution), row.mode, str(row.chunk) if row.chunk else "-"]
             if row.ms is None:
                 lines.append("| " + " | ".join(cells + [row.status, "", "", "", ""]) + " |")
                 continue
@@ -306,21 +314,22 @@ class Report:
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
-            "| mode | diffusion half ms | stage 2 ms | nerfacto ms | stage 2 / nerfacto | encoding |",
+            "| mode | diffusion half ms | stage 2 ms | own step ms | stage 2 / own step | encoding |",
             "|---|---:|---:|---:|---:|---|",
         ]
         for mode in sorted(self.modes.values(), key=lambda r: SHOWN.index(r.mode)):
             if mode.status != "ok":
                 lines.append(f"| {mode.mode} | {mode.status} | | | | {mode.encoding} |")
                 continue
-            assert mode.diffusion_ms is not None and mode.stage2_ms is not None and mode.nerfacto_ms is not None
+            assert mode.diffusion_ms is not None and mode.stage2_ms is not None and mode.own_step_ms is not None
             lines.append(
-                f"| {mode.mode} | {mode.diffusion_ms:.1f} | {mode.stage2_ms:.1f} | {mode.nerfacto_ms:.1f} "
-                f"| {mode.stage2_ms / mode.nerfacto_ms:.2f}x | {mode.encoding} |"
+                f"| {mode.mode} | {mode.diffusion_ms:.1f} | {mode.stage2_ms:.1f} | {mode.own_step_ms:.1f} "
+                f"| {mode.stage2_ms / mode.own_step_ms:.2f}x | {mode.encoding} |"
             )
         lines.append(
             "stage 1: render + diffusion half + back-propagation + optimiser step. Stage 2 includes its SDEdit every "
-            "10 iterations, amortised. Whole edit = 30,000 x stage 1 + 15,000 x stage 2."
+            "10 iterations, amortised. Own step: an iteration of the scene's own method (nerfacto; splatfacto for "
+            "splat). Whole edit = 30,000 x stage 1 + 15,000 x stage 2."
         )
         return "\n".join(lines)
 
@@ -350,6 +359,8 @@ def plan(mode: str, resolutions: list[int], chunks: list[int]) -> list[tuple[int
     """(resolution, chunk) of `mode`'s stage-1 rows, in the order they are measured (see the module docstring)."""
     if mode == "authors":  # its chunk size changes nothing that matters: every chunk's graph is kept
         return [(resolution, chunks[0]) for resolution in sorted(resolutions)]
+    if mode == "splat":  # one rasterisation per view: no chunks; the largest size, as an edit renders
+        return [(max(resolutions), 0)]
     ordered = sorted(resolutions, reverse=True)
     # the other chunk sizes at the largest size only, where memory binds
     return [(resolution, chunks[0]) for resolution in ordered] + [(ordered[0], chunk) for chunk in chunks[1:]]
@@ -400,7 +411,7 @@ def measure_mode(
         else:
             mode_row.status = "ok"
             mode_row.diffusion_ms = diffusion  # type: ignore[assignment]
-            mode_row.stage2_ms, mode_row.nerfacto_ms = stage2  # type: ignore[misc]
+            mode_row.stage2_ms, mode_row.own_step_ms = stage2  # type: ignore[misc]
     mode_row.encoding = encoding_in_use(bench.pipeline.model)
     report.add(mode_row)
     print(f"diffusion half, stage 2 and nerfacto of {mode}: {mode_row.status}", flush=True)
@@ -422,7 +433,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--scene", default="auto", help="scene folder; auto: the face scene if present, else generated")
     parser.add_argument("--prior", default="auto", help="tiny, sd15 (random weights) or a pipeline folder; auto: sd15 on GPU")
     parser.add_argument("--resolutions", type=int, nargs="+", default=None, help="stage-1 render sizes (short side)")
-    parser.add_argument("--modes", nargs="+", default=None, choices=MODES, help="default: authors ours, and triton on the GPU")
+    parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
+                        help="default: authors ours, and triton and splat on the GPU")
     parser.add_argument("--render-chunk-sizes", type=int, nargs="+", default=[0],
                         help="rays per stage-1 chunk of ours and triton (--pipeline.render-chunk-size; 0: the pipeline's "
                              "default): the first at every render size, the others at the largest, one row each; "
@@ -451,7 +463,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tiny = device.type == "cpu" if args.tiny is None else args.tiny
     resolutions = args.resolutions or ([128, 256, 512] if not tiny else [32, 64])
-    modes = args.modes or (["authors", "ours", "triton"] if device.type == "cuda" else ["authors", "ours"])
+    modes = args.modes or (["authors", "ours", "triton", "splat"] if device.type == "cuda" else ["authors", "ours"])
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if args.scene != "auto":

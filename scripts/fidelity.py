@@ -3,14 +3,17 @@
     python scripts/fidelity.py OUT_DIR                    # 8 edits x 2 seeds x (pds, sds, dds): about 1.5 h on 2 cores
     python scripts/fidelity.py OUT_DIR --matrix quick     # 2 edits x 1 seed: about 15 min
     python scripts/fidelity.py OUT_DIR --edits "red sphere:blue sphere" --seeds 0 1 --methods pds
+    python scripts/fidelity.py OUT_DIR --scene-kinds splat  # PDS on Gaussian splats only (`ns-train pds-splat`)
     python scripts/fidelity.py OUT_DIR --options --pipeline.pds-proposal-losses True   # measure an option
 
 For every edit and seed (a "chain", run in parallel with --workers):
 1. `make_scene`: a one-object procedural scene (layout from the seed) with masks, depth and scene.json.
-2. `ns-train pds-nerfacto`: the source reconstruction (the same training as stage 0 of `ns-train pds`).
+2. `ns-train pds-nerfacto`: the source reconstruction (the same training as stage 0 of `ns-train pds`); and
+   `ns-train pds-splatfacto` for the splats.
 3. `ns-train pds --load-dir <reconstruction> --pipeline.method M` for each method at equal budgets (the same
    stage lengths, guidance, prior, seed and options): stage 1, then stage 2, as a user runs them; a checkpoint
-   is kept at the end of each stage.
+   is kept at the end of each stage. Beside them `ns-train pds-splat` (PDS on the splats; its own stage
+   lengths: splatfacto's per-parameter learning rates need more stage-1 steps than a hash grid).
 4. Measures (pds_nerfstudio/fidelity.py), after stage 1 and after stage 2, on the training views and on the
    held-out (eval) views: the fraction of views whose object reads as the target colour; identity against the
    source reconstruction (object depth change, silhouette IoU, background PSNR); iterations-to-edit from
@@ -84,11 +87,30 @@ class Chain:
     def runs(self) -> Path:
         return self.root / "runs"
 
-    def reconstruction(self) -> Path:
-        return self.runs / "scene" / "pds-nerfacto" / "source"
+    def reconstruction(self, kind: str = "nerfacto") -> Path:
+        return self.runs / "scene" / KINDS[kind]["reconstruction"] / "source"
 
-    def run(self, method: str) -> Path:
-        return self.runs / "scene" / "pds" / method
+    def run(self, label: str) -> Path:
+        kind, method = run_kind(label)
+        return self.runs / "scene" / KINDS[kind]["edit"] / method
+
+
+KINDS = {
+    "nerfacto": {"reconstruction": "pds-nerfacto", "edit": "pds", "suffix": ""},
+    "splat": {"reconstruction": "pds-splatfacto", "edit": "pds-splat", "suffix": "-splat"},
+}
+"""The scene representations: their reconstruction and edit methods, and the suffix of their runs' labels."""
+
+
+def run_kind(label: str) -> tuple[str, str]:
+    """(scene kind, method) of a run label: "pds" is PDS on nerfacto, "pds-splat" PDS on splats."""
+    return ("splat", label[: -len("-splat")]) if label.endswith("-splat") else ("nerfacto", label)
+
+
+def run_labels(args: argparse.Namespace) -> list[str]:
+    """The runs of every chain: each method on nerfacto, each splat method on splats (as asked)."""
+    labels = list(args.methods) if "nerfacto" in args.scene_kinds else []
+    return labels + ([f"{m}-splat" for m in args.splat_methods] if "splat" in args.scene_kinds else [])
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -98,7 +120,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--edits", nargs="+", default=None,
                         help='"<colour> <shape>:<colour> <shape>" pairs (same shape), instead of --matrix')
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (full), 0 (quick)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods on nerfacto")
+    parser.add_argument("--scene-kinds", nargs="+", choices=tuple(KINDS), default=list(KINDS),
+                        help="nerfacto (`ns-train pds`), splat (`ns-train pds-splat`)")
+    parser.add_argument("--splat-methods", nargs="+", choices=METHODS, default=["pds"], help="methods on splats")
+    parser.add_argument("--splat-reconstruction-iterations", type=int, default=700)
+    parser.add_argument("--splat-pds-iterations", type=int, default=600,
+                        help="stage-1 iterations on splats (the authors' splat learning rates are 4 to 200 times "
+                             "below nerfacto's 1e-2: 200 steps barely start the edit)")
     parser.add_argument("--prior", type=Path, default=None, help="Stable Diffusion folder (default: the toy prior)")
     parser.add_argument("--size", type=int, default=64, help="image side of the scenes")
     parser.add_argument("--num-views", type=int, default=24)
@@ -176,11 +205,11 @@ def run(args: list, log: Path, dry_run: bool) -> None:
         raise RuntimeError(f"{tail}\n`{Path(str(args[0])).name}` failed (exit {code}); log: {log}")
 
 
-def common_options(args: argparse.Namespace, chain: Chain) -> list:
-    from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS
+def common_options(args: argparse.Namespace, chain: Chain, kind: str) -> list:
+    from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, CPU_SPLATFACTO_OPTIONS, NO_EVALUATION_OPTIONS
 
     return ["--data", chain.scene, "--output-dir", chain.runs, "--machine.seed", chain.seed, "--vis", "tensorboard",
-            *NO_EVALUATION_OPTIONS, *CPU_NERFACTO_OPTIONS]  # fmt: skip
+            *NO_EVALUATION_OPTIONS, *(CPU_NERFACTO_OPTIONS if kind == "nerfacto" else CPU_SPLATFACTO_OPTIONS)]  # fmt: skip
 
 
 def dataparser_options(args: argparse.Namespace) -> list:
@@ -188,56 +217,66 @@ def dataparser_options(args: argparse.Namespace) -> list:
     return ["nerfstudio-data", "--train-split-fraction", args.train_split_fraction]
 
 
-def reconstruction_command(args: argparse.Namespace, chain: Chain) -> list:
-    return [BIN / "ns-train", "pds-nerfacto", "--timestamp", "source",
-            "--max-num-iterations", args.reconstruction_iterations,
-            "--steps-per-save", args.reconstruction_iterations, *common_options(args, chain),
-            *dataparser_options(args)]  # fmt: skip
+def lengths(args: argparse.Namespace, kind: str) -> tuple[int, int, int]:
+    """Stage lengths (reconstruction, PDS, refinement) of a scene kind."""
+    if kind == "splat":
+        return args.splat_reconstruction_iterations, args.splat_pds_iterations, args.refinement_iterations
+    return args.reconstruction_iterations, args.pds_iterations, args.refinement_iterations
 
 
-def edit_command(args: argparse.Namespace, chain: Chain, method: str, prior: Path) -> list:
+def reconstruction_command(args: argparse.Namespace, chain: Chain, kind: str = "nerfacto") -> list:
+    steps = lengths(args, kind)[0]
+    return [BIN / "ns-train", KINDS[kind]["reconstruction"], "--timestamp", "source", "--max-num-iterations", steps,
+            "--steps-per-save", steps, *common_options(args, chain, kind), *dataparser_options(args)]  # fmt: skip
+
+
+def edit_command(args: argparse.Namespace, chain: Chain, label: str, prior: Path) -> list:
     from pds_nerfstudio.fixtures.small_nerfacto import edit_schedule_options
     from pds_nerfstudio.fixtures.toy_prior import caption
 
-    total = args.reconstruction_iterations + args.pds_iterations + args.refinement_iterations
+    kind, method = run_kind(label)
+    reconstruction, pds, refinement = lengths(args, kind)
     prompts = [caption(*chain.source.split()), caption(*chain.target.split())]
-    return [BIN / "ns-train", "pds", "--timestamp", method, "--load-dir", chain.reconstruction() / "nerfstudio_models",
-            "--pipeline.method", method,
+    schedule = edit_schedule_options(pds) if kind == "nerfacto" else []  # the splats' rates have no warm-up
+    return [BIN / "ns-train", KINDS[kind]["edit"], "--timestamp", method,
+            "--load-dir", chain.reconstruction(kind) / "nerfstudio_models", "--pipeline.method", method,
             "--pipeline.source-prompt", prompts[0], "--pipeline.target-prompt", prompts[1],
             "--pipeline.prior.model-id", prior, "--pipeline.prior.dtype", "fp32",
             "--pipeline.guidance-scale", args.guidance_scale,
             "--pipeline.sdedit-guidance-scale", args.sdedit_guidance_scale,
-            "--pipeline.reconstruction-iterations", args.reconstruction_iterations,
-            "--pipeline.pds-iterations", args.pds_iterations,
-            "--pipeline.refinement-iterations", args.refinement_iterations,
+            "--pipeline.reconstruction-iterations", reconstruction,
+            "--pipeline.pds-iterations", pds, "--pipeline.refinement-iterations", refinement,
             "--pipeline.render-scale", args.render_scale, "--pipeline.seed", chain.seed,
             "--pipeline.change-view-every", 5, "--pipeline.log-every", 2,
-            "--steps-per-save", total, *edit_schedule_options(args.pds_iterations),
-            *common_options(args, chain), *args.options, *dataparser_options(args)]  # fmt: skip
+            "--steps-per-save", reconstruction + pds + refinement, *schedule,
+            *common_options(args, chain, kind), *args.options, *dataparser_options(args)]  # fmt: skip
 
 
 def run_chain(args: argparse.Namespace, chain: Chain, prior: Path) -> None:
-    """Scene, reconstruction, one edit per method, then the chain's measures (in a process of their own)."""
+    """Scene, reconstructions, one edit per run, then the chain's measures (in a process of their own)."""
     from pds_nerfstudio.fixtures.procedural_scene import make_scene
 
     logs = chain.root / "logs"
+    labels = run_labels(args)
+    kinds = [kind for kind in KINDS if any(run_kind(label)[0] == kind for label in labels)]
     if not args.dry_run:
         chain.root.mkdir(parents=True)
         make_scene(chain.scene, size=args.size, num_views=args.num_views, objects=(chain.source,), seed=chain.seed)
         settings = {"source": chain.source, "target": chain.target, "seed": chain.seed, "prior": str(prior),
-                    "methods": args.methods, "stage_ends": stage_ends(args), "clip_model": args.clip_model}  # fmt: skip
+                    "runs": labels, "stage_ends": {kind: stage_ends(*lengths(args, kind)) for kind in kinds},
+                    "clip_model": args.clip_model}  # fmt: skip
         (chain.root / "chain.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
-    run(reconstruction_command(args, chain), logs / "reconstruction.log", args.dry_run)
-    for method in args.methods:
-        run(edit_command(args, chain, method, prior), logs / f"{method}.log", args.dry_run)
+    for kind in kinds:
+        run(reconstruction_command(args, chain, kind), logs / f"reconstruction{KINDS[kind]['suffix']}.log", args.dry_run)
+    for label in labels:
+        run(edit_command(args, chain, label, prior), logs / f"{label}.log", args.dry_run)
     measure_command = [sys.executable, Path(__file__), chain.root, "--measure-chain"]
     run(measure_command, logs / "measure.log", args.dry_run)
 
 
-def stage_ends(args: argparse.Namespace) -> dict[str, int]:
+def stage_ends(reconstruction: int, pds: int, refinement: int) -> dict[str, int]:
     """Global step of the last iteration of stages 1 and 2 (their checkpoints)."""
-    end1 = args.reconstruction_iterations + args.pds_iterations - 1
-    return {"pds": end1, "refinement": end1 + args.refinement_iterations}
+    return {"pds": reconstruction + pds - 1, "refinement": reconstruction + pds + refinement - 1}
 
 
 # ---------------------------------------------------------------------------------------------- measuring
@@ -344,8 +383,8 @@ def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidanc
 
     from pds_nerfstudio import fidelity as fm
     from pds_nerfstudio.fixtures.toy_prior import caption
-    from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig
-    from pds_nerfstudio.prior_samples import blended_samples
+    from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+    from pds_nerfstudio.guidance.prior_samples import blended_samples
 
     prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(prior_dir), dtype="fp32", device="cpu"))
     picks = np.linspace(0, len(truth.views) - 1, SAMPLE_VIEWS).round().astype(int)
@@ -363,52 +402,60 @@ def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidanc
 
 
 def measure_chain(root: Path) -> dict:
-    """Measures one chain's runs; writes root/measures.json and root/renders.npz (for the side-by-side)."""
+    """Measures one chain's runs; writes root/measures.json and root/renders.npz (for the side-by-side). Every run
+    is measured against the source reconstruction of its own scene kind."""
     from pds_nerfstudio import fidelity as fm
-    from pds_nerfstudio.fixtures.small_nerfacto import NO_EVALUATION_OPTIONS  # noqa: F401 (import check)
 
     settings = json.loads((root / "chain.json").read_text())
+    if "runs" not in settings:  # a chain written before splats were measured: nerfacto methods only
+        settings["runs"], settings["stage_ends"] = settings["methods"], {"nerfacto": settings["stage_ends"]}
     chain = Chain(settings["source"], settings["target"], settings["seed"], root)
     truth = fm.load_scene_truth(chain.scene)
     target, source_colour = chain.target.split()[0], chain.source.split()[0]
-    source_renderer = RunRenderer(chain.reconstruction() / "config.yml")
-    colours, depths = source_renderer.render()
-    train, held_out = source_renderer.train_names, source_renderer.eval_names
-    names = sorted(train + held_out)
-    assert names == [v.name for v in truth.views], "the scene's views and the runs' differ"
-    source = (colours, depths)
-    result = {"chain": settings, "train_views": train, "eval_views": held_out, "runs": {},
-              "prior_samples_read_as_target": prior_sample_success(Path(settings["prior"]), truth, chain.target, chain.seed)}
+    names = [v.name for v in truth.views]
     truth_images = np.stack([v.image for v in truth.views])
     truth_depths = np.stack([v.depth for v in truth.views])
-    against_truth = view_measures(truth, colours, depths, (truth_images, truth_depths))  # the source, measured
-    result["source_vs_scene"] = {
-        "background_psnr": float(np.mean(against_truth["background_psnr"])),
-        "silhouette_iou": float(np.mean(against_truth["iou"])),
-        **{f"{part}_reads_as_source": fm.fraction_reading([against_truth["colour"][names.index(n)] for n in part_names],
-                                                          source_colour)
-           for part, part_names in (("train", train), ("eval", held_out))},
-    }  # fmt: skip
-    renders = {"scene": truth_images, "source": colours}
-    for method in settings["methods"]:
-        run_dir = chain.run(method)
+    result = {"chain": settings, "runs": {}, "source_vs_scene": {},
+              "prior_samples_read_as_target": prior_sample_success(Path(settings["prior"]), truth, chain.target, chain.seed)}
+    renders = {"scene": truth_images}
+    sources = {}
+    for kind in settings["stage_ends"]:
+        renderer = RunRenderer(chain.reconstruction(kind) / "config.yml")
+        colours, depths = renderer.render()
+        train, held_out = renderer.train_names, renderer.eval_names
+        assert sorted(train + held_out) == names, "the scene's views and the runs' differ"
+        result["train_views"], result["eval_views"] = train, held_out
+        sources[kind] = (colours, depths)
+        against_truth = view_measures(truth, colours, depths, (truth_images, truth_depths))  # the source, measured
+        result["source_vs_scene"][kind] = {
+            "background_psnr": float(np.mean(against_truth["background_psnr"])),
+            "silhouette_iou": float(np.mean(against_truth["iou"])),
+            **{f"{part}_reads_as_source": fm.fraction_reading(
+                [against_truth["colour"][names.index(n)] for n in part_names], source_colour)
+               for part, part_names in (("train", train), ("eval", held_out))},
+        }  # fmt: skip
+        renders[f"source{KINDS[kind]['suffix']}"] = colours
+    train, held_out = result["train_views"], result["eval_views"]
+    for label in settings["runs"]:
+        kind = run_kind(label)[0]
+        run_dir, ends = chain.run(label), settings["stage_ends"][kind]
         config = yaml_config(run_dir / "config.yml")
         renderer = RunRenderer(run_dir / "config.yml")
         measured = {}
         for stage in STAGES:
-            stage_colours, stage_depths = renderer.render(settings["stage_ends"][stage])
-            per_view = view_measures(truth, stage_colours, stage_depths, source)
+            stage_colours, stage_depths = renderer.render(ends[stage])
+            per_view = view_measures(truth, stage_colours, stage_depths, sources[kind])
             measured[stage] = {part: summarise(per_view, part_names, names, target, source_colour)
                                for part, part_names in (("train", train), ("eval", held_out))}  # fmt: skip
-            renders[f"{method}/{stage}"] = stage_colours
+            renders[f"{label}/{stage}"] = stage_colours
             if settings.get("clip_model"):
                 measured[stage]["clip_directional"] = fm.clip_directional_similarity(
-                    settings["clip_model"], colours, stage_colours, *prompts_of(chain)
+                    settings["clip_model"], sources[kind][0], stage_colours, *prompts_of(chain)
                 )
         measured["iterations_to_edit"] = iterations_to_edit(
-            run_dir, truth, target, config["change_view_every"], settings["stage_ends"]["pds"] - config["pds_iterations"] + 1
+            run_dir, truth, target, config["change_view_every"], ends["pds"] - config["pds_iterations"] + 1
         )
-        result["runs"][method] = measured
+        result["runs"][label] = measured
     (root / "measures.json").write_text(json.dumps(result, indent=2) + "\n")
     np.savez_compressed(root / "renders.npz", **{k: np.round(v * 255).astype(np.uint8) for k, v in renders.items()})
     return result
@@ -491,23 +538,33 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
             s2 = [g["runs"][method]["refinement"]["train"] for g in group if method in g["runs"]]
             cells.append(f"{spread([x['attribute_success'] for x in s2], True)} / {spread([x['background_psnr'] for x in s2])}")
         lines.append("| " + " | ".join(cells) + " |")
-    reference = [r["source_vs_scene"] for r in results]
-    lines += ["", "Identity is measured against the source reconstruction: object depth change, silhouette IoU "
-              "(1 = the source's silhouette) and background PSNR outside the object. For scale, the source "
-              "reconstructions against the scenes' own images: background PSNR "
-              f"{np.mean([r['background_psnr'] for r in reference]):.1f} dB, silhouette IoU against the true one "
-              f"{np.mean([r['silhouette_iou'] for r in reference]):.3f}, and their object reads as its own colour in "
-              f"{spread([r['train_reads_as_source'] for r in reference], True)} of training and "
-              f"{spread([r['eval_reads_as_source'] for r in reference], True)} of held-out views. {args_text}"]  # fmt: skip
-    return "\n".join(lines), goals
+    lines += ["", "Identity is measured against the source reconstruction of the same kind (nerfacto for pds, sds "
+              "and dds; splatfacto for the -splat runs): object depth change, silhouette IoU (1 = the source's "
+              "silhouette) and background PSNR outside the object. For scale, the source reconstructions against "
+              "the scenes' own images:"]  # fmt: skip
+    for kind in KINDS:
+        reference = [r["source_vs_scene"][kind] for r in results if kind in r["source_vs_scene"]]
+        if reference:
+            lines.append(
+                f"{KINDS[kind]['reconstruction']}: background PSNR {np.mean([r['background_psnr'] for r in reference]):.1f} "
+                f"dB, silhouette IoU against the true one {np.mean([r['silhouette_iou'] for r in reference]):.3f}, "
+                f"object read as its own colour in {spread([r['train_reads_as_source'] for r in reference], True)} of "
+                f"training and {spread([r['eval_reads_as_source'] for r in reference], True)} of held-out views."
+            )
+    return "\n".join([*lines, "", args_text]), goals
 
 
 def goal_lines(goals: dict) -> list[str]:
     """The issue's goals, each with the measured number; 'met' or 'missed by'."""
+    lines = []
+    if "pds-splat" in goals:
+        splat = goals["pds-splat"]
+        lines.append(f"- PDS on splats reads as the target after stage 2 in {100 * splat['success_stage2']:.0f}% of "
+                     f"views; background PSNR {splat['background_psnr_stage2']:.1f} dB (no goal set)")  # fmt: skip
     if "pds" not in goals:
-        return ["goals: PDS was not run"]
+        return lines or ["goals: PDS was not run"]
     pds = goals["pds"]
-    lines = [
+    lines = lines + [
         f"- PDS reads as the target after stage 2 in {100 * pds['success_stage2']:.0f}% of views (goal >= 90%): "
         + ("met" if pds["success_stage2"] >= SUCCESS else f"missed by {100 * (SUCCESS - pds['success_stage2']):.0f} points"),
         f"- stage 2 lowered PDS's attribute success in {pds['stage2_lowered_success']} of {pds['runs']} runs and raised "
@@ -536,7 +593,8 @@ def side_by_side(path: Path, roots: list[Path], methods: list[str]) -> None:
         measures = json.loads((root / "measures.json").read_text())
         names = sorted(measures["train_views"] + measures["eval_views"])
         view = names.index((measures["eval_views"] or names)[0])
-        columns = {"scene": renders["scene"][view], "source": renders["source"][view]}
+        columns = {"scene": renders["scene"][view]}
+        columns.update({key: renders[key][view] for key in ("source", "source-splat") if key in renders})
         for method in methods:
             for stage, label in (("pds", "stage 1"), ("refinement", "stage 2")):
                 if f"{method}/{stage}" in renders:
@@ -582,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fidelity: error: {err}", file=sys.stderr)
         return 2
     started = time.monotonic()
-    print(f"fidelity: {len(todo)} chains (edits x seeds), methods {', '.join(args.methods)}, prior {prior}")
+    print(f"fidelity: {len(todo)} chains (edits x seeds), runs {', '.join(run_labels(args))}, prior {prior}")
     if args.dry_run:
         for chain in todo:
             run_chain(args, chain, prior)
@@ -606,10 +664,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"for training); reconstruction {args.reconstruction_iterations} iterations; every method "
                 f"{args.pds_iterations} stage-1 + {args.refinement_iterations} stage-2 iterations, guidance "
                 f"{args.guidance_scale:g}, SDEdit guidance {args.sdedit_guidance_scale:g}, render scale "
-                f"{args.render_scale:g}; prior {prior.name}; extra options: {shlex.join(args.options) or 'none'}.")  # fmt: skip
-    tables, goals = report(results, args.methods, settings)
+                f"{args.render_scale:g}; splats: reconstruction {args.splat_reconstruction_iterations}, stage 1 "
+                f"{args.splat_pds_iterations}, stage 2 {args.refinement_iterations} iterations; prior {prior.name}; "
+                f"extra options: {shlex.join(args.options) or 'none'}.")  # fmt: skip
+    tables, goals = report(results, run_labels(args), settings)
     verdict = "\n".join(goal_lines(goals))
-    side_by_side(out / "side_by_side.png", [c.root for c in todo if c.seed == todo[0].seed], args.methods)
+    side_by_side(out / "side_by_side.png", [c.root for c in todo if c.seed == todo[0].seed], run_labels(args))
     (out / "fidelity.md").write_text(f"{tables}\n\nGoals:\n{verdict}\n")
     (out / "fidelity.json").write_text(json.dumps(
         {"settings": vars(args) | {"prior": str(prior)}, "goals": goals, "chains": results}, indent=2, default=str) + "\n")

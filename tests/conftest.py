@@ -46,6 +46,25 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
     return result
 
 
+def viewer_output_until_loaded(config: Path, env: dict[str, str], cwd: Path, port: int) -> str:
+    """Starts `ns-viewer` on a run's config.yml and reads its output until it has loaded the checkpoint (or failed)."""
+    viewer = subprocess.Popen(
+        [console_script("ns-viewer"), "--load-config", str(config), "--viewer.websocket-port", str(port)],
+        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    seen: list[str] = []
+    try:
+        assert viewer.stdout is not None
+        for line in viewer.stdout:
+            seen.append(line)
+            if "Done loading checkpoint" in line or "Traceback" in line:
+                break
+    finally:
+        viewer.kill()
+        viewer.wait(timeout=30)
+    return "".join(seen)
+
+
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A procedural 32x32 scene of 12 views (11 train, 1 eval), read-only like a user's scene."""
@@ -86,10 +105,10 @@ def tiny_prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
     """A `pds` pipeline config at test sizes: tiny nerfacto, the tiny prior, on CPU."""
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-    from pds_nerfstudio.datamanager import PDSDataManagerConfig
-    from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
-    from pds_nerfstudio.pipeline import PDSPipelineConfig
-    from pds_nerfstudio.prior import DiffusionPriorConfig
+    from pds_nerfstudio.data.datamanager import PDSDataManagerConfig
+    from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig
+    from pds_nerfstudio.scenes.nerfacto import NerfactoEditPipelineConfig
+    from pds_nerfstudio.guidance.prior import DiffusionPriorConfig
 
     options: dict = dict(
         source_prompt="a red sphere",
@@ -101,7 +120,7 @@ def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
         render_chunk_size=512,  # two chunks of a 32x32 view: stage 1 defers back-propagation, as at real sizes
     )
     options.update(pipeline_options)
-    return PDSPipelineConfig(
+    return NerfactoEditPipelineConfig(
         datamanager=PDSDataManagerConfig(
             dataparser=NerfstudioDataParserConfig(data=scene), train_num_rays_per_batch=128, eval_num_rays_per_batch=128
         ),

@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _benchmark(args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--resolutions", "16", "--iterations", "1",
-         "--warmup", "0", "--device", "cpu", *args],
+        [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--iterations", "1", "--warmup", "0", "--device", "cpu",
+         *args, *([] if "--resolutions" in args else ["--resolutions", "16"])],
         env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
@@ -76,3 +76,11 @@ def test_offline_benchmark_refuses_a_folder_without_wheels(tmp_path: Path) -> No
     )  # fmt: skip
     assert result.returncode == 2 and "no wheels in" in result.stderr and result.stdout == ""
     assert not (tmp_path / "site").exists()
+
+
+def test_benchmark_measures_the_splat_edit_on_cpu(user_env: dict[str, str], tmp_path: Path) -> None:
+    report = _benchmark(["--modes", "splat", "authors", "--resolutions", "32"], user_env, tmp_path)
+    stage1 = {row[1]: row for row in (_cells(line) for line in report[5:7])}
+    assert stage1["splat"][:3] == ["32", "splat", "-"] and float(stage1["splat"][3]) > 0  # one rasterisation, no chunks
+    modes = {row[0]: row for row in (_cells(line) for line in report[10:12])}
+    assert float(modes["splat"][3]) > 0 and modes["splat"][5] == "none"  # splatfacto's own step; no hash grid

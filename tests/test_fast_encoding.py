@@ -18,9 +18,9 @@ from nerfstudio.cameras.rays import Frustums, RaySamples
 from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.fields.nerfacto_field import NerfactoField
-from pds_nerfstudio.fast_encoding import CompiledHashForward, accelerate_hash_encodings, encoding_in_use
-from pds_nerfstudio.pipeline import PDSPipeline
-from pds_nerfstudio.stages import Stage
+from pds_nerfstudio.fast.fast_encoding import CompiledHashForward, accelerate_hash_encodings, encoding_in_use
+from pds_nerfstudio.edit.pipeline import EditPipeline
+from pds_nerfstudio.edit.stages import Stage
 
 LEVELS, LOG2_TABLE = 4, 12  # the tiny pds config's field encoding
 EXACT = dict(rtol=1e-5, atol=1e-6)  # float32; the compiled kernels do the same operations
@@ -190,7 +190,7 @@ def test_a_failed_compilation_warns_once_and_runs_the_plain_encoding(monkeypatch
 # ------------------------------------------------------------------ pipeline
 
 
-def _stage1_gradients(scene: Path, prior_dir: Path, fast_encoding: str) -> tuple[PDSPipeline, dict[str, torch.Tensor]]:
+def _stage1_gradients(scene: Path, prior_dir: Path, fast_encoding: str) -> tuple[EditPipeline, dict[str, torch.Tensor]]:
     config = tiny_pds_config(scene, prior_dir, fast_encoding=fast_encoding)
     for args in config.model.proposal_net_args_list:  # the field's encoding shape: no second graph to compile
         args.update(num_levels=LEVELS, log2_hashmap_size=LOG2_TABLE)

@@ -23,10 +23,11 @@ def _fidelity(args: list[str], env: dict[str, str], timeout: float = 900) -> sub
 
 
 TINY = ["--size", "32", "--num-views", "8", "--reconstruction-iterations", "20", "--pds-iterations", "3",
-        "--refinement-iterations", "2", "--workers", "1"]  # fmt: skip
+        "--refinement-iterations", "2", "--splat-reconstruction-iterations", "20", "--splat-pds-iterations", "3",
+        "--workers", "1"]  # fmt: skip
 
 
-def test_fidelity_runs_every_method_through_both_stages_and_reports(
+def test_fidelity_runs_every_method_and_pds_on_splats_through_both_stages_and_reports(
     user_env: dict[str, str], tiny_clip_dir: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "fidelity"
@@ -38,7 +39,8 @@ def test_fidelity_runs_every_method_through_both_stages_and_reports(
     assert chain["chain"]["source"] == "green cube" and chain["chain"]["seed"] == 3
     assert len(chain["train_views"]) == 7 and len(chain["eval_views"]) == 1  # 8 views, 0.875 for training
     assert 0 <= chain["prior_samples_read_as_target"] <= 1
-    assert set(chain["runs"]) == {"pds", "sds", "dds"}
+    assert set(chain["runs"]) == {"pds", "sds", "dds", "pds-splat"}
+    assert set(chain["source_vs_scene"]) == {"nerfacto", "splat"}
     for run in chain["runs"].values():
         for stage in ("pds", "refinement"):
             for part, count in (("train", 7), ("eval", 1)):
@@ -47,14 +49,15 @@ def test_fidelity_runs_every_method_through_both_stages_and_reports(
                 assert 0 <= measures["silhouette_iou"] <= 1
             assert isinstance(run[stage]["clip_directional"], float)
         assert run["iterations_to_edit"] is None or 1 <= run["iterations_to_edit"] <= 3
-    assert set(report["goals"]) == {"pds", "sds", "dds"}
+    assert set(report["goals"]) == {"pds", "sds", "dds", "pds-splat"}
     assert "| pds |" in result.stdout and "Goals:" in result.stdout and "goal >= 90%" in result.stdout
     assert "green cube -> pink" in (out / "fidelity.md").read_text()
     grid = Image.open(out / "side_by_side.png")
-    assert grid.size == (150 + 8 * 64, 14 + 64)  # scene, source, then each method after stages 1 and 2
+    assert grid.size == (150 + 11 * 64, 14 + 64)  # scene, both sources, then each run after stages 1 and 2
+    runs = out / "green-cube_to_pink" / "seed3" / "runs" / "scene"
     for method in ("pds", "sds", "dds"):
-        config = out / "green-cube_to_pink" / "seed3" / "runs" / "scene" / "pds" / method / "config.yml"
-        assert f"method: {method}" in config.read_text()
+        assert f"method: {method}" in (runs / "pds" / method / "config.yml").read_text()
+    assert "method_name: pds-splat" in (runs / "pds-splat" / "pds" / "config.yml").read_text()
 
     again = _fidelity([*args, "--measure-only"], user_env)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -69,9 +72,10 @@ def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str
     result = _fidelity([str(tmp_path / "out"), "--dry-run", "--methods", "pds"], user_env, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("$ ns-train pds-nerfacto") == 16  # the full matrix: 8 edits x 2 seeds
+    assert result.stdout.count("$ ns-train pds-splatfacto") == 16 and result.stdout.count("$ ns-train pds-splat ") == 16
     assert "--pipeline.method pds" in result.stdout and "--pipeline.refinement-iterations 210" in result.stdout
     quick = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "quick"], user_env, timeout=120)
-    assert quick.stdout.count("$ ns-train pds-nerfacto") == 2 and quick.stdout.count("--pipeline.method") == 6
+    assert quick.stdout.count("$ ns-train pds-nerfacto") == 2 and quick.stdout.count("--pipeline.method") == 8
     assert not (tmp_path / "out").exists()
 
 

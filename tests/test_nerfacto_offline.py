@@ -7,7 +7,7 @@ import torch
 import torchmetrics.image.lpip as lpip_module
 
 from nerfstudio.data.scene_box import SceneBox
-from pds_nerfstudio.nerfacto_offline import DeferredLPIPS, OfflineNerfactoModel, OfflineNerfactoModelConfig
+from pds_nerfstudio.scenes.nerfacto_offline import DeferredLPIPS, OfflineNerfactoModel, OfflineNerfactoModelConfig
 
 
 def _no_download(*args: object, **kwargs: object) -> None:

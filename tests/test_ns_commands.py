@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from conftest import console_script, run_cli
+from conftest import run_cli, viewer_output_until_loaded
 
 from pds_nerfstudio import compat
 
@@ -101,21 +100,8 @@ def test_ns_eval_and_ns_export_load_the_checkpoint(trained: Path, user_env: dict
 
 
 def test_ns_viewer_loads_the_checkpoint(trained: Path, user_env: dict[str, str], tmp_path: Path) -> None:
-    viewer = subprocess.Popen(
-        [console_script("ns-viewer"), "--load-config", str(trained), "--viewer.websocket-port", "7931"],
-        env=user_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    seen: list[str] = []
-    try:
-        assert viewer.stdout is not None
-        for line in viewer.stdout:
-            seen.append(line)
-            if "Done loading checkpoint" in line or "Traceback" in line:
-                break
-    finally:
-        viewer.kill()
-        viewer.wait(timeout=30)
-    assert any("Done loading checkpoint" in line for line in seen), "".join(seen)[-4000:]
+    output = viewer_output_until_loaded(trained, user_env, tmp_path, port=7931)
+    assert "Done loading checkpoint" in output, output[-4000:]
 
 
 def test_stock_nerfacto_checkpoint_renders_and_starts_an_edit_once_plugin_is_installed(

@@ -10,12 +10,12 @@ from conftest import tiny_pds_config
 
 from nerfstudio.viewer.utils import parse_object
 from nerfstudio.viewer.viewer_elements import ViewerElement
-from pds_nerfstudio.pipeline import PDSPipeline
-from pds_nerfstudio.stages import Stage
+from pds_nerfstudio.edit.pipeline import EditPipeline
+from pds_nerfstudio.edit.stages import Stage
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_scene: Path, tiny_prior_dir: Path) -> PDSPipeline:
+def pipeline(tiny_scene: Path, tiny_prior_dir: Path) -> EditPipeline:
     torch.manual_seed(0)
     pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir).setup(device="cpu", test_mode="val")
     pipeline.train()
@@ -26,7 +26,7 @@ def _grad_norms(parameters: list[torch.nn.Parameter]) -> float:
     return sum(float(p.grad.abs().sum()) for p in parameters if p.grad is not None)
 
 
-def test_stage1_step_reaches_the_field_through_the_guidance_loss_alone(pipeline: PDSPipeline) -> None:
+def test_stage1_step_reaches_the_field_through_the_guidance_loss_alone(pipeline: EditPipeline) -> None:
     step = pipeline.schedule.start(Stage.PDS)
     groups = pipeline.get_param_groups()
     pipeline.zero_grad()
@@ -77,7 +77,7 @@ def test_the_edit_freezes_camera_poses_and_averages_the_appearance_codes(tiny_sc
     assert _grad_norms(pipeline.get_param_groups()["fields"]) > 0  # the edit goes into the scene
 
 
-def test_stage1_keeps_a_view_for_change_view_every_steps(pipeline: PDSPipeline) -> None:
+def test_stage1_keeps_a_view_for_change_view_every_steps(pipeline: EditPipeline) -> None:
     start, every = pipeline.schedule.start(Stage.PDS), pipeline.config.change_view_every
     views = [pipeline.view_for_step(start + offset) for offset in range(5 * every)]
     blocks = [views[i : i + every] for i in range(0, len(views), every)]
@@ -85,7 +85,7 @@ def test_stage1_keeps_a_view_for_change_view_every_steps(pipeline: PDSPipeline) 
     assert len({block[0] for block in blocks}) > 1
 
 
-def test_stage2_trains_on_stage1_renders_and_replaces_one_every_sdedit_every_steps(pipeline: PDSPipeline) -> None:
+def test_stage2_trains_on_stage1_renders_and_replaces_one_every_sdedit_every_steps(pipeline: EditPipeline) -> None:
     start = pipeline.schedule.start(Stage.REFINEMENT)
     manager = pipeline.datamanager
     views = range(manager.num_train_images)
@@ -112,7 +112,7 @@ def test_stage2_trains_on_stage1_renders_and_replaces_one_every_sdedit_every_ste
     assert all(torch.equal(manager.original_image(v), originals[v]) for v in views)  # sources are kept
 
 
-def test_sdedit_visits_every_view_once_per_cycle_in_a_seeded_order(pipeline: PDSPipeline) -> None:
+def test_sdedit_visits_every_view_once_per_cycle_in_a_seeded_order(pipeline: EditPipeline) -> None:
     start, every = pipeline.schedule.start(Stage.REFINEMENT), pipeline.config.sdedit_every
     count = pipeline.datamanager.num_train_images
     visits = [pipeline.sdedit_view(start + every * k) for k in range(3 * count)]
@@ -122,7 +122,7 @@ def test_sdedit_visits_every_view_once_per_cycle_in_a_seeded_order(pipeline: PDS
     assert visits == [pipeline.sdedit_view(start + every * k) for k in range(3 * count)]  # a function of the step
 
 
-def test_viewer_shows_stage_and_edits_prompts_and_guidance(pipeline: PDSPipeline) -> None:
+def test_viewer_shows_stage_and_edits_prompts_and_guidance(pipeline: EditPipeline) -> None:
     elements = {element.name: element for _, element in parse_object(pipeline, ViewerElement, "Custom Elements")}
     assert {"Edit stage", "Source prompt", "Target prompt", "Guidance scale"} <= set(elements)
     pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
@@ -143,7 +143,7 @@ def test_viewer_shows_stage_and_edits_prompts_and_guidance(pipeline: PDSPipeline
     assert pipeline.config.guidance_scale == 30.0
 
 
-def test_prior_weights_stay_out_of_the_checkpoint(pipeline: PDSPipeline) -> None:
+def test_prior_weights_stay_out_of_the_checkpoint(pipeline: EditPipeline) -> None:
     pipeline.prior()
     keys = pipeline.state_dict().keys()
     assert not [key for key in keys if any(part in key for part in ("unet", "vae", "text_encoder", "_prior"))]

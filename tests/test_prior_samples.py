@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig
-from pds_nerfstudio.prior_samples import blended_samples
+from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+from pds_nerfstudio.guidance.prior_samples import blended_samples
 
 
 def test_blended_samples_keep_the_source_outside_the_mask_and_sample_inside(tiny_prior_dir: Path, offline_hub) -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import console_script, tiny_pds_config
 
-from pds_nerfstudio.stages import Stage
-from pds_nerfstudio.trainer import PDSTrainer, PDSTrainerConfig
+from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.edit.trainer import PDSTrainer, PDSTrainerConfig
 
 
 def make_trainer(tmp_path: Path, **options: object) -> PDSTrainer:
@@ -91,7 +91,7 @@ def test_cli_refuses_a_run_folder_in_use_and_an_incompatible_checkpoint(
 def test_out_of_gpu_memory_stops_with_the_memory_saving_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from nerfstudio.engine.trainer import Trainer
 
-    from pds_nerfstudio.stages import StageSchedule
+    from pds_nerfstudio.edit.stages import StageSchedule
 
     def out_of_memory(self: Trainer, step: int) -> None:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

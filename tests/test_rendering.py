@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import tiny_pds_config
 
-from pds_nerfstudio.rendering import prior_size, render_view, to_prior_input
+from pds_nerfstudio.guidance.resizing import prior_size, to_prior_input
+from pds_nerfstudio.scenes.nerfacto_render import render_view
 
 
 @pytest.fixture(scope="module")

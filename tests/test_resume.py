@@ -12,7 +12,7 @@ import torch
 from conftest import console_script, run_cli, tiny_pds_config
 
 from pds_nerfstudio import compat
-from pds_nerfstudio.stages import Stage
+from pds_nerfstudio.edit.stages import Stage
 from test_ns_commands import TINY_NERFACTO, pds_args
 
 compat.allow_nerfstudio_checkpoints()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pds_nerfstudio.stages import Stage, StageSchedule
+from pds_nerfstudio.edit.stages import Stage, StageSchedule
 
 
 def test_stage_boundaries() -> None:

@@ -10,9 +10,9 @@ import pytest
 import torch
 from test_trainer_stages import make_trainer
 
-from pds_nerfstudio.stages import Stage
-from pds_nerfstudio.stall import StallDetector
-from pds_nerfstudio.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
+from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.edit.stall import StallDetector
+from pds_nerfstudio.edit.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
 
 
 def _snapshot(trainer) -> dict[str, torch.Tensor]:

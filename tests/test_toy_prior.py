@@ -18,7 +18,7 @@ from pds_nerfstudio.fixtures.toy_prior import (
     embedded_toy_prior_dir,
     train_toy_prior,
 )
-from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig
+from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
 
 SMOKE_RECIPE = replace(
     ToyPriorRecipe(),

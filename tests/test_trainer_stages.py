@@ -10,8 +10,8 @@ from conftest import tiny_pds_config
 
 from pds_nerfstudio import compat
 from pds_nerfstudio.method_configs import nerfacto_optimizers
-from pds_nerfstudio.stages import Stage
-from pds_nerfstudio.trainer import PDSTrainer, PDSTrainerConfig, authors_edit_optimizers
+from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.edit.trainer import PDSTrainer, PDSTrainerConfig, authors_edit_optimizers
 
 compat.allow_nerfstudio_checkpoints()
 

@@ -16,10 +16,10 @@ from conftest import tiny_pds_config
 
 from nerfstudio.field_components.encodings import HashEncoding
 from nerfstudio.field_components.field_heads import FieldHeadNames
-from pds_nerfstudio import triton_hash_encoding
-from pds_nerfstudio.fast_encoding import TritonHashForward, accelerate_hash_encodings
-from pds_nerfstudio.stages import Stage
-from pds_nerfstudio.triton_hash_encoding import hash_encode
+from pds_nerfstudio.fast import triton_hash_encoding
+from pds_nerfstudio.fast.fast_encoding import TritonHashForward, accelerate_hash_encodings
+from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.fast.triton_hash_encoding import hash_encode
 
 pytest.importorskip("triton")
 
@@ -164,7 +164,7 @@ def test_kernels_compile_for_an_h100_ahead_of_time(position_grad: bool) -> None:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from pds_nerfstudio import triton_kernels
+    from pds_nerfstudio.fast import triton_kernels
 
     pointers = ("x_ptr", "table_ptr", "scale_ptr")
     constants = {"LEVELS": 16, "FEATURES": 2, "BLOCK": 128}

@@ -37,8 +37,8 @@ from torch import Tensor
 
 from pds_nerfstudio.guidance import guidance_gradient, sdedit, surrogate_loss
 from pds_nerfstudio.guidance.timesteps import subset_index_range
-from pds_nerfstudio.image_io import save_png
-from pds_nerfstudio.prior import (
+from pds_nerfstudio.data.image_io import save_png
+from pds_nerfstudio.guidance.prior import (
     DiffusionPrior,
     DiffusionPriorConfig,
     PriorLoadError,

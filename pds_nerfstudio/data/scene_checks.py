@@ -4,12 +4,12 @@
 wrong data, with one ValueError whose message names the fix. It reads transforms.json and each
 image's header (size and mode) and verifies PNG checksums, but decodes no image: a 65-image
 scene takes milliseconds. An image that only fails when decoded (a truncated JPEG) is reported
-as clearly when the datamanager loads it (:func:`pds_nerfstudio.dataset.read_image`).
+as clearly when the datamanager loads it (:func:`pds_nerfstudio.data.dataset.read_image`).
 
 Accepted: one image size for the whole scene, square or not, with a short side of at least
 :data:`MIN_IMAGE_SIDE` (the pipeline resizes every view to the prior's resolution, so small
 views are upsampled; the datamanager downscales large ones in memory, see
-``PDSDataManagerConfig.max_image_size``), in any mode that :mod:`pds_nerfstudio.dataset`
+``PDSDataManagerConfig.max_image_size``), in any mode that :mod:`pds_nerfstudio.data.dataset`
 reads (RGB, RGBA, grey, palette, 16-bit, float, CMYK, ...).
 Nothing under the scene folder is ever written.
 """

@@ -47,7 +47,7 @@ class DeferredLPIPS(nn.Module):
 
 
 @contextlib.contextmanager
-def _lpips_deferred() -> Iterator[None]:
+def lpips_deferred() -> Iterator[None]:
     """Makes nerfacto's ``populate_modules`` build :class:`DeferredLPIPS` instead of LPIPS.
 
     nerfstudio 1.1.5 imports the class inside ``populate_modules``
@@ -77,5 +77,5 @@ class OfflineNerfactoModel(NerfactoModel):
     config: OfflineNerfactoModelConfig
 
     def populate_modules(self) -> None:
-        with _lpips_deferred():
+        with lpips_deferred():
             super().populate_modules()

@@ -27,11 +27,11 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pds_nerfstudio.pipeline import PDS_MARKER, PDSPipeline
-from pds_nerfstudio.prior import PriorLoadError
-from pds_nerfstudio.stages import Stage
-from pds_nerfstudio.stall import StallDetector
-from pds_nerfstudio.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
+from pds_nerfstudio.edit.pipeline import PDS_MARKER, EditPipeline
+from pds_nerfstudio.guidance.prior import PriorLoadError
+from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.edit.stall import StallDetector
+from pds_nerfstudio.edit.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
 
 APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
 """Where a nerfacto checkpoint keeps its per-view appearance codes (nerfstudio 1.1.5)."""
@@ -151,12 +151,14 @@ class PDSTrainerConfig(TrainerConfig):
 
         Our methods reconstruct without one (the authors' recipe), stock `ns-train nerfacto` with one
         code per view: such a scene still starts an edit, with the embedding, which the edit replaces by
-        its average and freezes (:meth:`PDSPipeline.freeze_for_edit`). Runs before config.yml is written,
+        its average and freezes (:meth:`NerfactoScene.begin_edit`). Runs before config.yml is written,
         so that `ns-render` builds the same model.
         """
+        model = self.pipeline.model
+        if not hasattr(model, "use_appearance_embedding"):  # not a nerfacto scene
+            return
         weight = pipeline_state.get(APPEARANCE_KEY)
         dim = int(weight.shape[1]) if weight is not None and weight.ndim == 2 else 0
-        model = self.pipeline.model
         if (dim > 0) == bool(model.use_appearance_embedding) and (dim == 0 or dim == model.appearance_embed_dim):
             return
         model.use_appearance_embedding = dim > 0
@@ -171,7 +173,7 @@ class PDSTrainerConfig(TrainerConfig):
 class PDSTrainer(Trainer):
     """Trains the stages of an edit up to the global step where the last one ends."""
 
-    pipeline: PDSPipeline
+    pipeline: EditPipeline
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         self.config.prepare_from_checkpoint()  # as save_config does, for trainers set up without it
@@ -196,9 +198,7 @@ class PDSTrainer(Trainer):
         if path is not None:
             state = torch.load(path, map_location="cpu", mmap=True)  # mapped: reading which method wrote it is cheap
             if PDS_MARKER in state.get("pipeline", {}):
-                # the checkpoint holds the optimisers of the stage of its step: load its state into those
-                self.use_optimizers_of(self.pipeline.schedule.stage_at(int(state["step"])))
-                super()._load_checkpoint()
+                self._resume(path)
                 restored = self.pipeline.restore_edits(self._start_step, previous_run=path.parent.parent)
                 stage = self.pipeline.schedule.stage_at(self._start_step)
                 CONSOLE.print(f"Resuming the edit at step {self._start_step} ({stage.value}); {restored} edited images restored")
@@ -208,8 +208,22 @@ class PDSTrainer(Trainer):
             super()._load_checkpoint()
         self.config.max_num_iterations = max(0, self.pipeline.schedule.total - self._start_step)
 
+    def _resume(self, path: Path) -> None:
+        """nerfstudio's checkpoint loading, but the optimisers are built after the scene's state has loaded (a
+        splatfacto scene replaces its parameters to the checkpoint's number of Gaussians) and are those of the
+        stage of the checkpoint's step, whose state the checkpoint holds."""
+        state = torch.load(path, map_location="cpu")
+        self._start_step = state["step"] + 1
+        self.pipeline.load_pipeline(state["pipeline"], state["step"])
+        self.use_optimizers_of(self.pipeline.schedule.stage_at(int(state["step"])))
+        self.optimizers.load_optimizers(state["optimizers"])
+        if "schedulers" in state and self.config.load_scheduler:
+            self.optimizers.load_schedulers(state["schedulers"])
+        self.grad_scaler.load_state_dict(state["scalers"])
+        CONSOLE.print(f"Done loading Nerfstudio checkpoint from {path}")
+
     def setup_optimizers(self) -> GuardedOptimizers:
-        """nerfstudio's optimisers, guarded against non-finite steps (:mod:`pds_nerfstudio.step_guard`)."""
+        """nerfstudio's optimisers, guarded against non-finite steps (:mod:`pds_nerfstudio.edit.step_guard`)."""
         return GuardedOptimizers(self.config.optimizers.copy(), self.pipeline.get_param_groups())
 
     def use_optimizers_of(self, stage: Stage) -> None:
@@ -293,15 +307,11 @@ class PDSTrainer(Trainer):
     def _load_starting_scene(self, state: Dict[str, Any], path: Path) -> None:
         """Loads a scene trained by another method; the edit starts where stage 1 starts."""
         pipeline_state = state.get("pipeline", {})
-        expected = [f"_model.{key}" for key in self.pipeline.model.state_dict()]
-        missing = [key for key in expected if key not in pipeline_state and ".field." in key]
-        if missing or "step" not in state:
-            raise SystemExit(
-                f"error: {path} is not a nerfacto scene checkpoint (missing {len(missing)} field weights, "
-                f"e.g. {missing[:2]}); start from a run of `ns-train nerfacto` or `ns-train pds-nerfacto`"
-            )
+        problem = self.pipeline.scene.starting_scene_problem(pipeline_state)
+        if problem is not None or "step" not in state:
+            raise SystemExit(f"error: {path} cannot start this edit: {problem or 'it has no step'}")
         try:
-            self.pipeline.load_pipeline(pipeline_state, state["step"])
+            self.pipeline.load_pipeline(dict(pipeline_state), state["step"])
         except RuntimeError as error:
             raise SystemExit(
                 f"error: {path} does not fit this model ({str(error).splitlines()[0]}); "

@@ -2,7 +2,7 @@
 
 Without tiny-cuda-nn, nerfstudio 1.1.5's ``HashEncoding.forward`` runs ``pytorch_fwd``: dozens
 of small eager kernels per call, forward and backward. Compiled, the same maths runs as a few
-fused kernels; :mod:`pds_nerfstudio.triton_hash_encoding` writes it as one kernel each way.
+fused kernels; :mod:`pds_nerfstudio.fast.triton_hash_encoding` writes it as one kernel each way.
 ``pytorch_fwd`` itself is left as it is: the plain reference that tests hold both fast paths
 to, and the path taken when a fast one cannot be built.
 """
@@ -18,7 +18,7 @@ from torch import Tensor
 
 from nerfstudio.field_components.encodings import HashEncoding
 
-from pds_nerfstudio.triton_hash_encoding import build_kernels, hash_encode
+from pds_nerfstudio.fast.triton_hash_encoding import build_kernels, hash_encode
 
 FastEncoding = Literal["off", "compile", "triton"]
 MODES = get_args(FastEncoding)

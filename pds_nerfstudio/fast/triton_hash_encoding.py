@@ -71,7 +71,7 @@ def kernels() -> Tuple[DeviceKernel, DeviceKernel]:
     """(forward, backward), built once; raises ImportError where Triton is missing."""
     global _KERNELS
     if _KERNELS is None:
-        from pds_nerfstudio import triton_kernels
+        from pds_nerfstudio.fast import triton_kernels
 
         _KERNELS = DeviceKernel(triton_kernels.hash_encode_forward), DeviceKernel(triton_kernels.hash_encode_backward)
     return _KERNELS

@@ -1,15 +1,17 @@
-"""The `pds` pipeline: reconstruction, PDS optimisation and SDEdit refinement of a Nerfacto scene.
+"""The edit pipeline: reconstruction, PDS optimisation and SDEdit refinement of a scene, once for every scene kind.
 
-SPEC stage 1 (PDS) renders one training view whole, encodes it with the prior and
-back-propagates the guidance gradient into the scene; stage 2 trains on rays as nerfacto does,
-replacing one training image every few iterations by an SDEdit of its stage-1 render. Which
-stage runs is decided by :class:`StageSchedule` from the global step alone.
+SPEC stage 1 (PDS) renders one training view whole, encodes it with the prior and back-propagates the
+guidance gradient into the scene; stage 2 trains on the stage-1 renders of every training view, as the
+scene's own method trains, replacing one image every few iterations by an SDEdit of its stage-1 render.
+Which stage runs is decided by :class:`StageSchedule` from the global step alone. What depends on the scene
+representation (nerfacto, splatfacto) is behind :class:`pds_nerfstudio.scenes.base.SceneAdapter`.
 """
 
 from __future__ import annotations
 
 import copy
 import random
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
@@ -23,20 +25,19 @@ from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
+from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
-from pds_nerfstudio.datamanager import PDSDataManager, PDSDataManagerConfig
-from pds_nerfstudio.fast_encoding import FastEncoding, accelerate_hash_encodings
+from pds_nerfstudio.data.image_io import save_png
+from pds_nerfstudio.data.scene_checks import validate_scene
+from pds_nerfstudio.edit.stages import Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
-from pds_nerfstudio.image_io import save_png
-from pds_nerfstudio.nerfacto_offline import OfflineNerfactoModelConfig
-from pds_nerfstudio.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
-from pds_nerfstudio.rendering import from_prior_output, prior_size, render_view, to_prior_input
-from pds_nerfstudio.scene_checks import validate_scene
-from pds_nerfstudio.stages import Stage, StageSchedule
+from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
+from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
+from pds_nerfstudio.scenes.base import SceneAdapter
 
 
 PDS_MARKER = "edit_stage_lengths"
@@ -44,14 +45,10 @@ PDS_MARKER = "edit_stage_lengths"
 
 
 @dataclass
-class PDSPipelineConfig(VanillaPipelineConfig):
-    """Edit a Nerfacto scene from a source prompt to a target prompt with PDS."""
+class EditPipelineConfig(VanillaPipelineConfig):
+    """Edit a scene from a source prompt to a target prompt with PDS (the options every scene kind shares)."""
 
-    _target: Type = field(default_factory=lambda: PDSPipeline)
-    datamanager: PDSDataManagerConfig = field(default_factory=PDSDataManagerConfig)
-    """Training images, cached in memory so that stage 2 can replace them."""
-    model: OfflineNerfactoModelConfig = field(default_factory=OfflineNerfactoModelConfig)
-    """The scene: nerfacto, as `ns-train nerfacto` trains it."""
+    _target: Type = field(default_factory=lambda: EditPipeline)
     source_prompt: str = ""
     """Text that describes the scene as it is (the source branch of PDS and DDS)."""
     target_prompt: str = ""
@@ -80,26 +77,8 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     """Stage 1 keeps one training view for this many iterations, then draws another at random."""
     render_scale: float = 1.0
     """Stage 1 renders at this fraction of the training resolution (then resizes for the prior); < 1 saves memory."""
-    render_chunk_size: int = 1 << 14
-    """Rays per chunk when stage 1 renders a whole view."""
-    deferred_backprop: bool = True
-    """Stage 1 keeps no render graph and re-renders chunk by chunk in back-propagation: same gradient,
-    memory of one chunk (a view of one chunk is rendered once, with its graph). False keeps every chunk's
-    graph (the authors' way; the plain reference)."""
-    fast_encoding: FastEncoding = "off"
-    """Hash encoding of nerfacto's field and proposal networks when tiny-cuda-nn is absent. compile: nerfstudio's
-    torch encoding under torch.compile (fused kernels, same values and gradients; compiled on first use, the
-    plain encoding, warned, if that fails). triton: one fused Triton kernel each for forward and backward
-    (same values, gradients to float32 rounding; the plain encoding, warned, where Triton cannot build it;
-    on CPU it runs in Triton's slow interpreter). off: as nerfstudio ships it. `ns-train pds` sets compile
-    where CUDA is available, else off: on CPU the first use compiles for about half a minute per encoding
-    shape, more than short CPU runs gain."""
     pds_loss_mult: float = 1.0
     """Weight of the guidance loss in stage 1."""
-    pds_proposal_losses: bool = False
-    """Add nerfacto's proposal losses (interlevel and distortion) to stage 1, so that the proposal networks
-    follow geometry that the guidance changes. Off: stage 1 has the guidance loss alone, as in the authors'
-    code; the proposal networks are retrained in stage 2 by nerfacto's own losses."""
     sdedit_every: int = 10
     """Stage 2 replaces one training image every this many iterations, visiting every view once per cycle
     (in an order drawn from the seed)."""
@@ -122,6 +101,10 @@ class PDSPipelineConfig(VanillaPipelineConfig):
     """Stop the run after this many consecutive iterations whose loss or gradients were not finite (each one is
     skipped: under mixed precision nerfstudio's GradScaler skips it and backs off, else the step is dropped)."""
 
+    @abstractmethod
+    def scene_adapter(self, model: Model) -> SceneAdapter:
+        """The adapter through which the edit reaches `model`."""
+
     def stage_schedule(self) -> StageSchedule:
         """The stage lengths as a schedule."""
         return StageSchedule(self.reconstruction_iterations, self.pds_iterations, self.refinement_iterations)
@@ -136,14 +119,18 @@ class PDSPipelineConfig(VanillaPipelineConfig):
         _check_ratio_range(
             self.sdedit_min_step_ratio, self.sdedit_max_step_ratio, "--pipeline.sdedit-min-step-ratio", allow_equal=True
         )
-        for name in ("change_view_every", "sdedit_every", "log_every", "render_chunk_size", "num_subset_steps",
-                     "stall_intervals", "max_nonfinite_steps"):
+        for name in ("change_view_every", "sdedit_every", "log_every", "num_subset_steps", "stall_intervals",
+                     "max_nonfinite_steps", *self.positive_options()):
             if getattr(self, name) < 1:
                 raise ValueError(f"--pipeline.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"--pipeline.render-scale must be in (0, 1], got {self.render_scale}")
         if isinstance(self.datamanager.dataparser, NerfstudioDataParserConfig):  # other formats: their parser checks
             validate_scene(self.datamanager.data or self.datamanager.dataparser.data)
+
+    def positive_options(self) -> Tuple[str, ...]:
+        """Scene-specific integer options that must be >= 1."""
+        return ()
 
 
 def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bool) -> None:
@@ -158,15 +145,14 @@ def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step * 7 + stream)
 
 
-class PDSPipeline(VanillaPipeline):
-    """Runs the stage that the global step falls in; see :mod:`pds_nerfstudio.stages`."""
+class EditPipeline(VanillaPipeline):
+    """Runs the stage that the global step falls in (:mod:`pds_nerfstudio.edit.stages`) on any scene adapter."""
 
-    config: PDSPipelineConfig
-    datamanager: PDSDataManager
+    config: EditPipelineConfig
 
     def __init__(
         self,
-        config: PDSPipelineConfig,
+        config: EditPipelineConfig,
         device: str,
         test_mode: Literal["test", "val", "inference"] = "val",
         world_size: int = 1,
@@ -176,7 +162,7 @@ class PDSPipeline(VanillaPipeline):
         if test_mode == "val":  # training: refuse bad options before the scene loads
             config.validate()
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        accelerate_hash_encodings(self.model, config.fast_encoding)
+        self.scene = config.scene_adapter(self.model)
         self.schedule = config.stage_schedule()
         lengths = torch.tensor([self.schedule.reconstruction, self.schedule.pds, self.schedule.refinement])
         self.register_buffer(PDS_MARKER, lengths)
@@ -247,26 +233,8 @@ class PDSPipeline(VanillaPipeline):
     # ------------------------------------------------------------ edit setup
 
     def freeze_for_edit(self) -> List[torch.nn.Parameter]:
-        """Freezes what the edit stages must not train; returns the frozen parameters. Idempotent.
-
-        - nerfacto's camera optimiser: the poses stay where the reconstruction put them (the authors
-          freeze them with a learning rate of 1e-30); the guidance gradient would move the cameras.
-        - the per-view appearance codes, when the scene has them (stock `ns-train nerfacto`): every
-          code becomes their average, which is what nerfacto renders held-out views with, and is frozen,
-          so that the edit goes into the scene, not into one code per view, and every view, rendered in
-          training or by `ns-render`, shows the same scene.
-        """
-        frozen = list(self.model.camera_optimizer.parameters()) if hasattr(self.model, "camera_optimizer") else []
-        embedding = getattr(getattr(self.model, "field", None), "embedding_appearance", None)
-        if embedding is not None:
-            with torch.no_grad():
-                weight = embedding.embedding.weight
-                weight.copy_(weight.mean(dim=0, keepdim=True).expand_as(weight))
-            frozen += list(embedding.parameters())
-        for parameter in frozen:
-            parameter.requires_grad_(False)
-            parameter.grad = None
-        return frozen
+        """What the edit stages must not train (the scene's camera poses, ...), frozen; see `SceneAdapter.begin_edit`."""
+        return self.scene.begin_edit()
 
     # --------------------------------------------------------------- training
 
@@ -294,11 +262,7 @@ class PDSPipeline(VanillaPipeline):
     def probe_change(self) -> Optional[float]:
         """Largest change of training view 0's render (at the stage-1 render scale) since the last call; None at
         the first call."""
-        was_training = self.model.training
-        self.model.eval()
-        rays = self.render_cameras().generate_rays(camera_indices=0, keep_shape=True)
-        render = self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"]
-        self.model.train(was_training)
+        render = self.scene.render_still(self.render_cameras(), 0)
         previous, self._probe = self._probe, render
         return None if previous is None else float((render - previous).abs().max())
 
@@ -321,14 +285,9 @@ class PDSPipeline(VanillaPipeline):
         """SPEC stage 1: render a whole view with gradient and back-propagate the guidance into it."""
         config = self.config
         view = self.view_for_step(step)
-        render = render_view(
-            self.model, self.render_cameras(), view, config.render_chunk_size, deferred=config.deferred_backprop
-        )
+        render = self.scene.render_view(self.render_cameras(), view)
         guidance_loss, result = self.guidance_loss(render.rgb, view, step)
-        loss_dict = {"guidance_loss": guidance_loss}
-        if config.pds_proposal_losses:
-            loss_dict["interlevel_loss"] = self.model.config.interlevel_loss_mult * render.interlevel_loss
-            loss_dict["distortion_loss"] = self.model.config.distortion_loss_mult * render.distortion_loss
+        loss_dict = {"guidance_loss": guidance_loss, **render.losses}
         # tensors, not floats: nerfstudio reads them only on logging steps, so no step waits for the GPU here
         metrics_dict = {"timestep": result.t[0].detach(), "view": float(view), "grad_norm": result.grad.detach().norm()}
         if self.is_log_step(step):
@@ -465,15 +424,11 @@ class PDSPipeline(VanillaPipeline):
     @torch.no_grad()
     def render_training_views(self, stage: Stage) -> Float[Tensor, "num_images height width 3"]:
         """Renders every training view at training resolution, quantised to 8 bits as written under run_dir/renders/<stage>/."""
-        was_training = self.model.training
-        self.model.eval()
         cameras = self.datamanager.train_dataset.cameras.to(self.device)
         renders = []
         with get_progress(f"Rendering every training view at the end of stage {list(Stage).index(stage)}") as progress:
             for view in progress.track(range(self.datamanager.num_train_images)):
-                rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
-                renders.append(self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"].clamp(0, 1).cpu())
-        self.model.train(was_training)
+                renders.append(self.scene.render_still(cameras, view).clamp(0, 1).cpu())
         stacked = (torch.stack(renders) * 255).round() / 255  # what the PNGs hold, so a resumed run sees the same
         self._write_renders(stacked, stage)
         return stacked

@@ -1,4 +1,4 @@
-"""The Triton kernels of :mod:`pds_nerfstudio.triton_hash_encoding` (imported only when they are first used).
+"""The Triton kernels of :mod:`pds_nerfstudio.fast.triton_hash_encoding` (imported only when they are first used).
 
 Both read positions [N, 3] and a table [L T, F] (float32, contiguous); one program handles BLOCK
 points at every level. Corners are named by (x, y, z) with c = ceil, f = floor; i_ccc ... i_fcf

@@ -1,10 +1,11 @@
-"""A VanillaDataManager whose training images can be replaced in memory (stage 2 of an edit).
+"""Datamanagers whose training images can be replaced in memory (stage 2 of an edit): rays (nerfacto) here,
+full images (splatfacto) in :mod:`pds_nerfstudio.data.full_image_datamanager`.
 
 As Instruct-NeRF2NeRF does, all training images are cached once and rays are sampled from that
 cache, so replacing one image changes what the next ray batches see. The scene folder on disk
 is never written; the original images stay available as the source of the edit.
 
-Images of any common mode are read as 8-bit RGB or RGBA (:mod:`pds_nerfstudio.dataset`). Large
+Images of any common mode are read as 8-bit RGB or RGBA (:mod:`pds_nerfstudio.data.dataset`). Large
 images are downscaled in memory, cameras with them, to `max_image_size`; nerfstudio's own
 automatic downscaling is turned off, since it reads pre-made `images_N/` folders (which may be
 stale) and, for COLMAP scenes, offers to write them into the scene folder.
@@ -13,7 +14,7 @@ stale) and, for COLMAP scenes, offers to write them into the scene folder.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Literal, Optional, Tuple, Type, Union
+from typing import Any, Dict, Literal, Optional, Tuple, Type, Union
 
 import torch
 from jaxtyping import Float
@@ -24,8 +25,73 @@ from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManager, Va
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig, DataparserOutputs
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pds_nerfstudio.dataset import PDSInputDataset
-from pds_nerfstudio.scene_checks import MIN_IMAGE_SIDE
+from pds_nerfstudio.data.dataset import PDSInputDataset
+from pds_nerfstudio.data.scene_checks import MIN_IMAGE_SIDE
+
+
+class EditableImages:
+    """Training images that the edit can replace in memory, by dataset index; the originals stay available.
+
+    A datamanager mixes this in and says where an image lives (:meth:`_slot`) and where its original copy is
+    (:meth:`_original`); `max_image_size` downscales images (and cameras) in memory when they are loaded.
+    """
+
+    config: Any
+    train_dataparser_outputs: DataparserOutputs
+
+    @property
+    def num_train_images(self) -> int:
+        raise NotImplementedError
+
+    def _slot(self, index: int) -> Float[Tensor, "height width channels"]:
+        raise NotImplementedError
+
+    def _original(self, index: int) -> Float[Tensor, "height width channels"]:
+        raise NotImplementedError
+
+    def original_image(self, index: int) -> Float[Tensor, "height width channels"]:
+        """Training image `index` (dataset order) as it was loaded from the scene."""
+        return self._original(index)
+
+    def current_image(self, index: int) -> Float[Tensor, "height width channels"]:
+        """Training image `index` as training sees it now."""
+        return self._slot(index)
+
+    def replace_image(self, index: int, image: Float[Tensor, "height width channels"]) -> None:
+        """Makes training see `image` in place of training image `index` from now on."""
+        target = self._slot(index)
+        if image.shape != target.shape:
+            raise ValueError(f"replacement image has shape {tuple(image.shape)}, expected {tuple(target.shape)}")
+        with torch.no_grad():
+            target.copy_(image.to(target))
+
+    def restore_originals(self) -> None:
+        """Undoes every replacement."""
+        for index in range(self.num_train_images):
+            self.replace_image(index, self._original(index))
+
+    def scaled_dataset(self, outputs: DataparserOutputs, announce: bool = False) -> PDSInputDataset:
+        """The dataset of `outputs`, its images and cameras scaled to fit `max_image_size`."""
+        sides = torch.cat([outputs.cameras.width, outputs.cameras.height])
+        scale = in_memory_scale(sides, self.config.camera_res_scale_factor, self.config.max_image_size)
+        dataset = PDSInputDataset(dataparser_outputs=outputs, scale_factor=scale)
+        if announce and scale != self.config.camera_res_scale_factor:
+            cameras = outputs.cameras
+            CONSOLE.print(
+                f"Images of {int(cameras.width[0])}x{int(cameras.height[0])} are used at "
+                f"{int(dataset.cameras.width[0])}x{int(dataset.cameras.height[0])}, downscaled in memory "
+                f"(--pipeline.datamanager.max-image-size {self.config.max_image_size}); the scene folder is unchanged"
+            )
+        return dataset
+
+
+def check_max_image_size(max_image_size: Optional[int]) -> None:
+    """Refuses a `max_image_size` below what the prior can use."""
+    if max_image_size is not None and max_image_size < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"--pipeline.datamanager.max-image-size must be at least {MIN_IMAGE_SIDE} "
+            f"(or None for full resolution), got {max_image_size}"
+        )
 
 
 @dataclass
@@ -42,8 +108,8 @@ class PDSDataManagerConfig(VanillaDataManagerConfig):
     (at 1024, 65 views of 1024x768 take 1.2 GB: the cache and its originals). None keeps full resolution."""
 
 
-class PDSDataManager(VanillaDataManager[PDSInputDataset]):
-    """Samples training rays from an in-memory, editable copy of all training images."""
+class PDSDataManager(VanillaDataManager[PDSInputDataset], EditableImages):
+    """Samples training rays from an in-memory, editable copy of all training images (nerfacto)."""
 
     config: PDSDataManagerConfig
 
@@ -56,33 +122,15 @@ class PDSDataManager(VanillaDataManager[PDSInputDataset]):
         local_rank: int = 0,
         **kwargs,
     ) -> None:
-        if config.max_image_size is not None and config.max_image_size < MIN_IMAGE_SIDE:
-            raise ValueError(
-                f"--pipeline.datamanager.max-image-size must be at least {MIN_IMAGE_SIDE} "
-                f"(or None for full resolution), got {config.max_image_size}"
-            )
+        check_max_image_size(config.max_image_size)
         read_original_images(config.dataparser)
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
 
     def create_train_dataset(self) -> PDSInputDataset:
-        dataset = self._dataset(self.train_dataparser_outputs)
-        if dataset.scale_factor != self.config.camera_res_scale_factor:
-            cameras = self.train_dataparser_outputs.cameras
-            CONSOLE.print(
-                f"Images of {int(cameras.width[0])}x{int(cameras.height[0])} are used at "
-                f"{int(dataset.cameras.width[0])}x{int(dataset.cameras.height[0])}, downscaled in memory "
-                f"(--pipeline.datamanager.max-image-size {self.config.max_image_size}); the scene folder is unchanged"
-            )
-        return dataset
+        return self.scaled_dataset(self.train_dataparser_outputs, announce=True)
 
     def create_eval_dataset(self) -> PDSInputDataset:
-        return self._dataset(self.dataparser.get_dataparser_outputs(split=self.test_split))
-
-    def _dataset(self, outputs: DataparserOutputs) -> PDSInputDataset:
-        """The dataset of `outputs`, its images and cameras scaled to fit `max_image_size`."""
-        sides = torch.cat([outputs.cameras.width, outputs.cameras.height])
-        scale = in_memory_scale(sides, self.config.camera_res_scale_factor, self.config.max_image_size)
-        return self.dataset_type(dataparser_outputs=outputs, scale_factor=scale)
+        return self.scaled_dataset(self.dataparser.get_dataparser_outputs(split=self.test_split))
 
     def setup_train(self) -> None:
         super().setup_train()
@@ -102,25 +150,11 @@ class PDSDataManager(VanillaDataManager[PDSInputDataset]):
         batch = self.train_pixel_sampler.sample(self.image_batch)
         return self.train_ray_generator(batch["indices"]), batch
 
-    def original_image(self, index: int) -> Float[Tensor, "height width channels"]:
-        """Training image `index` (dataset order) as it was loaded from the scene."""
-        return self.original_images[self._position[index]]
-
-    def current_image(self, index: int) -> Float[Tensor, "height width channels"]:
-        """Training image `index` as training sees it now."""
+    def _slot(self, index: int) -> Float[Tensor, "height width channels"]:
         return self.image_batch["image"][self._position[index]]
 
-    def replace_image(self, index: int, image: Float[Tensor, "height width channels"]) -> None:
-        """Makes training see `image` in place of training image `index` from now on."""
-        target = self.image_batch["image"][self._position[index]]
-        if image.shape != target.shape:
-            raise ValueError(f"replacement image has shape {tuple(image.shape)}, expected {tuple(target.shape)}")
-        with torch.no_grad():
-            target.copy_(image.to(target))
-
-    def restore_originals(self) -> None:
-        """Undoes every replacement."""
-        self.image_batch["image"].copy_(self.original_images)
+    def _original(self, index: int) -> Float[Tensor, "height width channels"]:
+        return self.original_images[self._position[index]]
 
 
 def read_original_images(dataparser: DataParserConfig) -> None:

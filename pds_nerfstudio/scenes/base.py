@@ -1,0 +1,73 @@
+"""What the edit core asks of a scene representation: a small interface that nerfacto and splatfacto implement.
+
+The stage schedule, stage 1's guidance step, stage 2's dataset refresh, resume, logging and the viewer live
+once, in :class:`pds_nerfstudio.edit.pipeline.EditPipeline`. A scene adapter answers four questions:
+
+- render one training view whole, with gradient (stage 1): :meth:`SceneAdapter.render_view`;
+- render one view without gradient, as `ns-render` does (every training view at the end of a stage, the
+  stall probe): :meth:`SceneAdapter.render_still`;
+- which parameters the edit stages freeze, and what else changes where the edit starts:
+  :meth:`SceneAdapter.begin_edit`;
+- whether a checkpoint of another method is a starting scene of this kind: :meth:`SceneAdapter.starting_scene_problem`.
+
+Training on the training images (stages 0 and 2) is nerfstudio's own `VanillaPipeline` step, which the
+ray-based (nerfacto) and the full-image (splatfacto) datamanagers both serve.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.base_model import Model
+
+
+@dataclass
+class SceneRender:
+    """A view rendered with gradient, and the scene's own regularising losses over it (added to stage 1 when
+    the pipeline asks for them)."""
+
+    rgb: Float[Tensor, "height width 3"]
+    losses: Dict[str, Float[Tensor, ""]] = field(default_factory=dict)
+
+
+class SceneAdapter(ABC):
+    """One scene representation (its nerfstudio model) as the edit core sees it."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    @abstractmethod
+    def render_view(self, cameras: Cameras, view: int) -> SceneRender:
+        """Every pixel of `cameras[view]`, differentiably, in training mode (as the scene is trained)."""
+
+    @abstractmethod
+    def render_still(self, cameras: Cameras, view: int) -> Float[Tensor, "height width 3"]:
+        """Every pixel of `cameras[view]`, without gradient, in evaluation mode (as `ns-render` renders it)."""
+
+    def begin_edit(self) -> List[torch.nn.Parameter]:
+        """Prepares the scene for the edit stages and returns the parameters they must not train. Idempotent.
+
+        Every scene freezes its camera optimiser: the poses stay where the reconstruction put them (the
+        authors freeze them with a learning rate of 1e-30); the guidance gradient would move the cameras.
+        """
+        frozen = list(self.model.camera_optimizer.parameters()) if hasattr(self.model, "camera_optimizer") else []
+        return freeze(frozen)
+
+    @abstractmethod
+    def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
+        """Why a checkpoint's pipeline state cannot start an edit of this scene (None: it can)."""
+
+
+def freeze(parameters: List[torch.nn.Parameter]) -> List[torch.nn.Parameter]:
+    """No gradient for `parameters` from now on; returns them."""
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+        parameter.grad = None
+    return parameters

@@ -1,0 +1,110 @@
+"""Nerfacto as an editable scene (`ns-train pds`): whole-view renders chunk by chunk, frozen poses and codes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Mapping, Optional, Tuple, Type
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.nerfacto import NerfactoModel
+
+from pds_nerfstudio.data.datamanager import PDSDataManagerConfig
+from pds_nerfstudio.edit.pipeline import EditPipeline, EditPipelineConfig
+from pds_nerfstudio.fast.fast_encoding import FastEncoding, accelerate_hash_encodings
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneRender, freeze
+from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig
+from pds_nerfstudio.scenes.nerfacto_render import render_view
+
+
+class NerfactoScene(SceneAdapter):
+    """A nerfacto model; stage 1 renders a view chunk by chunk, deferring back-propagation when it has several."""
+
+    model: NerfactoModel
+
+    def __init__(
+        self, model: NerfactoModel, chunk_size: int, deferred: bool, proposal_losses: bool, fast_encoding: FastEncoding
+    ) -> None:
+        super().__init__(model)
+        self.chunk_size, self.deferred, self.proposal_losses = chunk_size, deferred, proposal_losses
+        accelerate_hash_encodings(model, fast_encoding)
+
+    def render_view(self, cameras: Cameras, view: int) -> SceneRender:
+        render = render_view(self.model, cameras, view, self.chunk_size, deferred=self.deferred)
+        losses = {}
+        if self.proposal_losses:
+            losses["interlevel_loss"] = self.model.config.interlevel_loss_mult * render.interlevel_loss
+            losses["distortion_loss"] = self.model.config.distortion_loss_mult * render.distortion_loss
+        return SceneRender(render.rgb, losses)
+
+    @torch.no_grad()
+    def render_still(self, cameras: Cameras, view: int) -> Float[Tensor, "height width 3"]:
+        was_training = self.model.training
+        self.model.eval()
+        rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
+        rgb = self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"]
+        self.model.train(was_training)
+        return rgb
+
+    def begin_edit(self) -> List[torch.nn.Parameter]:
+        """Freezes the camera poses and, when the scene has per-view appearance codes (stock `ns-train nerfacto`),
+        replaces every code by their average (what nerfacto renders held-out views with) and freezes it: the
+        edit then goes into the scene, not into one code per view, and every view, in training or in
+        `ns-render`, shows the same scene."""
+        frozen = super().begin_edit()
+        embedding = getattr(self.model.field, "embedding_appearance", None)
+        if embedding is not None:
+            with torch.no_grad():
+                weight = embedding.embedding.weight
+                weight.copy_(weight.mean(dim=0, keepdim=True).expand_as(weight))
+            frozen += freeze(list(embedding.parameters()))
+        return frozen
+
+    def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
+        expected = [f"_model.{key}" for key in self.model.state_dict() if ".field." in f".{key}"]
+        missing = [key for key in expected if key not in pipeline_state]
+        if missing:
+            return (
+                f"it is not a nerfacto scene checkpoint (missing {len(missing)} field weights, e.g. {missing[:2]}); "
+                "start from a run of `ns-train nerfacto` or `ns-train pds-nerfacto`"
+            )
+        return None
+
+
+@dataclass
+class NerfactoEditPipelineConfig(EditPipelineConfig):
+    """Edit a nerfacto scene from a source prompt to a target prompt with PDS (`ns-train pds`)."""
+
+    _target: Type = field(default_factory=lambda: EditPipeline)
+    datamanager: PDSDataManagerConfig = field(default_factory=PDSDataManagerConfig)
+    """Training images, cached in memory so that stage 2 can replace them."""
+    model: OfflineNerfactoModelConfig = field(default_factory=OfflineNerfactoModelConfig)
+    """The scene: nerfacto, as `ns-train nerfacto` trains it."""
+    render_chunk_size: int = 1 << 14
+    """Rays per chunk when stage 1 renders a whole view."""
+    deferred_backprop: bool = True
+    """Stage 1 keeps no render graph and re-renders chunk by chunk in back-propagation: same gradient,
+    memory of one chunk (a view of one chunk is rendered once, with its graph). False keeps every chunk's
+    graph (the authors' way; the plain reference)."""
+    fast_encoding: FastEncoding = "off"
+    """Hash encoding of nerfacto's field and proposal networks when tiny-cuda-nn is absent. compile: nerfstudio's
+    torch encoding under torch.compile (fused kernels, same values and gradients; compiled on first use, the
+    plain encoding, warned, if that fails). triton: one fused Triton kernel each for forward and backward
+    (same values, gradients to float32 rounding; the plain encoding, warned, where Triton cannot build it;
+    on CPU it runs in Triton's slow interpreter). off: as nerfstudio ships it. `ns-train pds` sets compile
+    where CUDA is available, else off: on CPU the first use compiles for about half a minute per encoding
+    shape, more than short CPU runs gain."""
+    pds_proposal_losses: bool = False
+    """Add nerfacto's proposal losses (interlevel and distortion) to stage 1, so that the proposal networks
+    follow geometry that the guidance changes. Off: stage 1 has the guidance loss alone, as in the authors'
+    code; the proposal networks are retrained in stage 2 by nerfacto's own losses."""
+
+    def scene_adapter(self, model: NerfactoModel) -> NerfactoScene:
+        return NerfactoScene(model, self.render_chunk_size, self.deferred_backprop, self.pds_proposal_losses,
+                             self.fast_encoding)  # fmt: skip
+
+    def positive_options(self) -> Tuple[str, ...]:
+        return ("render_chunk_size",)

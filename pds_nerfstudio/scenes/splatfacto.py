@@ -1,0 +1,121 @@
+"""Splatfacto as an editable scene (`ns-train pds-splat`), on a GPU with gsplat and on a CPU with our reference.
+
+nerfstudio 1.1.5's splatfacto assumes CUDA: it rasterises with gsplat's CUDA kernels and calls `.cuda()` on
+the intrinsics in `get_outputs` (and on the SH features of seed points in `populate_modules`). Where CUDA is
+absent, :class:`PDSSplatfactoModel` runs those two methods with the plain-torch reference rasteriser
+(:mod:`pds_nerfstudio.scenes.rasterizer`) in place of gsplat's and `.cuda()` as a no-op; with CUDA it is stock
+splatfacto. Like our nerfacto, it builds LPIPS on first use instead of downloading AlexNet at start-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, List, Mapping, Optional, Type
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+import nerfstudio.models.splatfacto as splatfacto_module
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
+
+from pds_nerfstudio.data.full_image_datamanager import PDSFullImageDataManagerConfig
+from pds_nerfstudio.edit.pipeline import EditPipeline, EditPipelineConfig
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneRender
+from pds_nerfstudio.scenes.nerfacto_offline import lpips_deferred
+from pds_nerfstudio.scenes.rasterizer import rasterization
+
+
+@contextlib.contextmanager
+def cuda_assumptions_lifted() -> Iterator[None]:
+    """Without CUDA: splatfacto's `rasterization` is the reference rasteriser and `Tensor.cuda()` returns the
+    tensor itself (nerfstudio 1.1.5 calls it where a device-agnostic `.to` was meant); restored on exit."""
+    if torch.cuda.is_available():
+        yield
+        return
+    original_rasterization, original_cuda = splatfacto_module.rasterization, torch.Tensor.cuda
+    splatfacto_module.rasterization = rasterization
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        splatfacto_module.rasterization = original_rasterization
+        torch.Tensor.cuda = original_cuda  # type: ignore[method-assign]
+
+
+@dataclass
+class PDSSplatfactoModelConfig(SplatfactoModelConfig):
+    """Splatfacto, unchanged on a GPU; on a CPU it rasterises with the plain-torch reference."""
+
+    _target: Type = field(default_factory=lambda: PDSSplatfactoModel)
+
+
+class PDSSplatfactoModel(SplatfactoModel):
+    """Splatfacto that starts offline and runs where CUDA is absent (see the module docstring)."""
+
+    config: PDSSplatfactoModelConfig
+
+    def populate_modules(self) -> None:
+        with lpips_deferred(), cuda_assumptions_lifted():
+            super().populate_modules()
+
+    def get_outputs(self, camera: Cameras):
+        with cuda_assumptions_lifted():
+            return super().get_outputs(camera)
+
+
+class SplatfactoScene(SceneAdapter):
+    """A splatfacto model; stage 1 renders a whole view in one rasterisation (its memory is the image's)."""
+
+    model: SplatfactoModel
+
+    def __init__(self, model: SplatfactoModel, densify: bool) -> None:
+        super().__init__(model)
+        self.densify = densify
+
+    def render_view(self, cameras: Cameras, view: int) -> SceneRender:
+        self.model.train()
+        return SceneRender(self.model.get_outputs(cameras[view : view + 1])["rgb"])
+
+    @torch.no_grad()
+    def render_still(self, cameras: Cameras, view: int) -> Float[Tensor, "height width 3"]:
+        was_training, info = self.model.training, getattr(self.model, "info", None)
+        self.model.eval()
+        rgb = self.model.get_outputs_for_camera(cameras[view : view + 1])["rgb"]
+        self.model.train(was_training)
+        self.model.info = info  # densification reads the last training render's screen-space gradients
+        return rgb
+
+    def begin_edit(self) -> List[torch.nn.Parameter]:
+        """Freezes the camera poses; renders at full resolution from here on (splatfacto's coarse-to-fine schedule
+        counts global steps, which a short reconstruction may not have passed); and, unless `densify`, stops
+        densification, pruning and opacity resets (the authors' edits never densify: they start past
+        splatfacto's `stop_split_at`, and their refinement turns splitting off)."""
+        self.model.config.num_downscales = 0
+        if not self.densify:
+            self.model.strategy.refine_stop_iter = 0
+        return super().begin_edit()
+
+    def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
+        if "_model.gauss_params.means" not in pipeline_state:
+            return "it is not a splatfacto scene checkpoint; start from a run of `ns-train splatfacto` or `ns-train pds-splatfacto`"
+        return None
+
+
+@dataclass
+class SplatfactoEditPipelineConfig(EditPipelineConfig):
+    """Edit a splatfacto scene from a source prompt to a target prompt with PDS (`ns-train pds-splat`)."""
+
+    _target: Type = field(default_factory=lambda: EditPipeline)
+    datamanager: PDSFullImageDataManagerConfig = field(default_factory=PDSFullImageDataManagerConfig)
+    """Whole training images, cached in memory so that stage 2 can replace them."""
+    model: PDSSplatfactoModelConfig = field(default_factory=PDSSplatfactoModelConfig)
+    """The scene: splatfacto, as `ns-train splatfacto` trains it."""
+    edit_densify: bool = False
+    """Keep splatfacto's densification (split, duplicate, prune, opacity reset) in the edit stages. Off, as the
+    authors' edits are in effect: their runs start past splatfacto's stop_split_at and never densify."""
+
+    def scene_adapter(self, model: SplatfactoModel) -> SplatfactoScene:
+        return SplatfactoScene(model, self.edit_densify)
