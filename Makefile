@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, from its own line, so pip resolves the rest against this build.
 	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,cluster]'
 	@ldconfig -p | grep -q libusb-1.0.so.0 || $(MAKE) --no-print-directory system-deps
 	touch $(STAMP)
 

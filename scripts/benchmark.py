@@ -254,11 +254,18 @@ class ModeBench:
 
 
 def out_of_memory_guard(measure: Callable[[], object]) -> object:
-    """measure(), or OUT_OF_MEMORY; either way what a failed attempt held is freed before the next row."""
+    """measure(), or OUT_OF_MEMORY, or "failed (<error>)" for any other error (its traceback goes to stderr: one
+    mode that cannot run, e.g. gsplat without a CUDA compiler, must not cost the others their rows); either
+    way what a failed attempt held is freed before the next row."""
     try:
         result = measure()
     except torch.cuda.OutOfMemoryError:
         result = OUT_OF_MEMORY
+    except Exception as error:  # noqa: BLE001 - reported in the row and on stderr
+        import traceback
+
+        traceback.print_exc()
+        result = f"failed ({type(error).__name__}: {' '.join(str(error).split())[:80]})"
     # Out of the except block, so that its traceback no longer holds the tensors; the pipeline and
     # its hash encodings' fast forwards form reference cycles, which only the collector frees.
     gc.collect()
@@ -377,7 +384,7 @@ def measure_mode(
 ) -> None:
     """Builds `mode`'s pipeline and adds its stage-1 rows ((resolution, chunk) each), its profile and its mode row."""
     built = SKIPPED if out_of_time() else out_of_memory_guard(build_mode)
-    if built in (SKIPPED, OUT_OF_MEMORY):
+    if isinstance(built, str):  # skipped, out of memory, or failed
         for resolution, chunk in rows:
             report.add(Stage1Row(mode, resolution, chunk, status=built))  # type: ignore[arg-type]
         report.add(ModeRow(mode, status=built))  # type: ignore[arg-type]
@@ -387,8 +394,8 @@ def measure_mode(
         row = Stage1Row(mode, resolution, chunk, status=SKIPPED)
         if not out_of_time():
             result = out_of_memory_guard(lambda: bench.stage1(resolution / short_side, chunk))
-            if result == OUT_OF_MEMORY:
-                row.status = OUT_OF_MEMORY
+            if isinstance(result, str):
+                row.status = result
                 bench.optimizers.zero_grad_all()
             else:
                 row.status = "ok"
@@ -405,9 +412,9 @@ def measure_mode(
     mode_row = ModeRow(mode, status=SKIPPED)
     if not out_of_time():
         diffusion = out_of_memory_guard(bench.diffusion_half)
-        stage2 = OUT_OF_MEMORY if diffusion == OUT_OF_MEMORY else out_of_memory_guard(bench.stage2)
-        if OUT_OF_MEMORY in (diffusion, stage2):
-            mode_row.status = OUT_OF_MEMORY
+        stage2 = diffusion if isinstance(diffusion, str) else out_of_memory_guard(bench.stage2)
+        if isinstance(stage2, str):
+            mode_row.status = stage2
         else:
             mode_row.status = "ok"
             mode_row.diffusion_ms = diffusion  # type: ignore[assignment]

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pds_nerfstudio.fidelity import StageRenderMeasures
 from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS, edit_schedule_options
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +223,7 @@ def video_frames(video: Path) -> str:
     return f"{frames} frames, {seconds:.1f} s"
 
 
-def measure(layout: Layout) -> dict[str, "StageRenderMeasures"]:
+def measure(layout: Layout) -> dict[str, StageRenderMeasures]:
     """The edit's result, measured (pds_nerfstudio/fidelity.py): how the object of every training view reads at
     the end of stages 1 and 2, and the background against the run's own reconstruction (renders/reconstruction)."""
     from pds_nerfstudio.fidelity import load_scene_truth, measure_stage_renders

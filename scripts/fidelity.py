@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -140,6 +140,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the same for every method (the toy prior: 7.5 edits cleanly in 2D, 30 oversaturates)")
     parser.add_argument("--sdedit-guidance-scale", type=float, default=7.5)
     parser.add_argument("--render-scale", type=float, default=0.5, help="stage-1 render scale (see ns-train pds)")
+    parser.add_argument("--prompt-template", default="a {}",
+                        help='the edit\'s prompts, {} standing for "<colour> <shape>" (e.g. "a sks {}" with a LoRA)')
     parser.add_argument("--options", nargs=argparse.REMAINDER, default=[],
                         help="more `ns-train pds` options for every edit (last on the line)")
     parser.add_argument("--workers", type=int, default=2, help="chains run at once (one torch thread each)")
@@ -232,11 +234,10 @@ def reconstruction_command(args: argparse.Namespace, chain: Chain, kind: str = "
 
 def edit_command(args: argparse.Namespace, chain: Chain, label: str, prior: Path) -> list:
     from pds_nerfstudio.fixtures.small_nerfacto import edit_schedule_options
-    from pds_nerfstudio.fixtures.toy_prior import caption
 
     kind, method = run_kind(label)
     reconstruction, pds, refinement = lengths(args, kind)
-    prompts = [caption(*chain.source.split()), caption(*chain.target.split())]
+    prompts = [args.prompt_template.format(chain.source), args.prompt_template.format(chain.target)]
     schedule = edit_schedule_options(pds) if kind == "nerfacto" else []  # the splats' rates have no warm-up
     return [BIN / "ns-train", KINDS[kind]["edit"], "--timestamp", method,
             "--load-dir", chain.reconstruction(kind) / "nerfstudio_models", "--pipeline.method", method,
@@ -264,7 +265,7 @@ def run_chain(args: argparse.Namespace, chain: Chain, prior: Path) -> None:
         make_scene(chain.scene, size=args.size, num_views=args.num_views, objects=(chain.source,), seed=chain.seed)
         settings = {"source": chain.source, "target": chain.target, "seed": chain.seed, "prior": str(prior),
                     "runs": labels, "stage_ends": {kind: stage_ends(*lengths(args, kind)) for kind in kinds},
-                    "clip_model": args.clip_model}  # fmt: skip
+                    "clip_model": args.clip_model, "prompt_template": args.prompt_template}  # fmt: skip
         (chain.root / "chain.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
     for kind in kinds:
         run(reconstruction_command(args, chain, kind), logs / f"reconstruction{KINDS[kind]['suffix']}.log", args.dry_run)
@@ -450,7 +451,8 @@ def measure_chain(root: Path) -> dict:
             renders[f"{label}/{stage}"] = stage_colours
             if settings.get("clip_model"):
                 measured[stage]["clip_directional"] = fm.clip_directional_similarity(
-                    settings["clip_model"], sources[kind][0], stage_colours, *prompts_of(chain)
+                    settings["clip_model"], sources[kind][0], stage_colours,
+                    *prompts_of(chain, settings.get("prompt_template", "a {}"))
                 )
         measured["iterations_to_edit"] = iterations_to_edit(
             run_dir, truth, target, config["change_view_every"], ends["pds"] - config["pds_iterations"] + 1
@@ -461,10 +463,8 @@ def measure_chain(root: Path) -> dict:
     return result
 
 
-def prompts_of(chain: Chain) -> tuple[str, str]:
-    from pds_nerfstudio.fixtures.toy_prior import caption
-
-    return caption(*chain.source.split()), caption(*chain.target.split())
+def prompts_of(chain: Chain, template: str) -> tuple[str, str]:
+    return template.format(chain.source), template.format(chain.target)
 
 
 def yaml_config(path: Path) -> dict:

@@ -84,3 +84,28 @@ def test_benchmark_measures_the_splat_edit_on_cpu(user_env: dict[str, str], tmp_
     assert stage1["splat"][:3] == ["32", "splat", "-"] and float(stage1["splat"][3]) > 0  # one rasterisation, no chunks
     modes = {row[0]: row for row in (_cells(line) for line in report[10:12])}
     assert float(modes["splat"][3]) > 0 and modes["splat"][5] == "none"  # splatfacto's own step; no hash grid
+
+
+def test_a_mode_that_cannot_run_is_reported_and_the_others_are_measured(
+    tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "benchmark", benchmark)
+    spec.loader.exec_module(benchmark)
+    real_build = benchmark.build
+
+    def build(scene, prior, device, mode, tiny):
+        if mode == "splat":
+            raise RuntimeError("gsplat could not compile its CUDA kernels")
+        return real_build(scene, prior, device, mode, tiny)
+
+    monkeypatch.setattr(benchmark, "build", build)
+    args = ["--resolutions", "16", "--device", "cpu", "--iterations", "1", "--warmup", "0", "--modes", "splat", "ours",
+            "--prior", str(tiny_prior_dir)]  # fmt: skip
+    assert benchmark.main(args) == 0
+    report = capsys.readouterr().out.splitlines()
+    report = report[next(i for i, line in enumerate(report) if line.startswith("GPU: ")) :]
+    rows = {row[1]: row for row in (_cells(line) for line in report[5:7])}
+    assert rows["splat"][3] == "failed (RuntimeError: gsplat could not compile its CUDA kernels)"
+    assert float(rows["ours"][3]) > 0

@@ -36,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from pds_nerfstudio.guidance import guidance_gradient, sdedit, surrogate_loss
+from pds_nerfstudio.guidance.lora import check_lora
 from pds_nerfstudio.guidance.timesteps import subset_index_range
 from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.guidance.prior import (
@@ -111,6 +112,8 @@ def validate_config(config: EditImageConfig) -> None:
         validate_guidance_scale(config.guidance_scale, option="--guidance-scale")
         validate_guidance_scale(config.sdedit_guidance_scale, option="--sdedit-guidance-scale")
         subset_index_range(NUM_SUBSET_STEPS, (config.min_step_ratio, config.max_step_ratio))
+        if config.prior.lora is not None:
+            check_lora(config.prior.lora, config.prior.model_id, "--prior.lora")
     except ValueError as err:
         raise UsageError(str(err).replace("ratio_range", "--min-step-ratio/--max-step-ratio")) from err
     if config.steps < 0:

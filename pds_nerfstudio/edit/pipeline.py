@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import random
-from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
@@ -35,6 +34,7 @@ from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.data.scene_checks import validate_scene
 from pds_nerfstudio.edit.stages import Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
+from pds_nerfstudio.guidance.lora import check_lora
 from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
 from pds_nerfstudio.scenes.base import SceneAdapter
@@ -68,7 +68,8 @@ class EditPipelineConfig(VanillaPipelineConfig):
     num_subset_steps: int = 500
     """Size S of the timestep subset tau_i = i * T / S; t' = tau_{i-1} (SPEC step 3)."""
     reconstruction_iterations: int = 30000
-    """Stage 0: nerfacto iterations from scratch; skipped when a checkpoint is loaded (the run starts after it)."""
+    """Stage 0: iterations of the scene's own method (nerfacto, splatfacto) from scratch; skipped when a checkpoint
+    is loaded (the run starts after it)."""
     pds_iterations: int = 30000
     """Stage 1: PDS iterations."""
     refinement_iterations: int = 15000
@@ -101,9 +102,9 @@ class EditPipelineConfig(VanillaPipelineConfig):
     """Stop the run after this many consecutive iterations whose loss or gradients were not finite (each one is
     skipped: under mixed precision nerfstudio's GradScaler skips it and backs off, else the step is dropped)."""
 
-    @abstractmethod
     def scene_adapter(self, model: Model) -> SceneAdapter:
-        """The adapter through which the edit reaches `model`."""
+        """The adapter through which the edit reaches `model` (each scene kind's config says which)."""
+        raise NotImplementedError(f"{type(self).__name__} does not say which scene adapter it edits")
 
     def stage_schedule(self) -> StageSchedule:
         """The stage lengths as a schedule."""
@@ -112,6 +113,8 @@ class EditPipelineConfig(VanillaPipelineConfig):
     def validate(self) -> None:
         """Refuses bad options before anything heavy loads (prompts, scales, ranges, counts)."""
         validate_prompts(self.source_prompt, self.target_prompt, needs_source=self.method != "sds")
+        if self.prior.lora is not None:  # a LoRA of another base model is refused before anything loads
+            check_lora(self.prior.lora, self.prior.model_id)
         validate_guidance_scale(self.guidance_scale, "--pipeline.guidance-scale")
         validate_guidance_scale(self.sdedit_guidance_scale, "--pipeline.sdedit-guidance-scale")
         self.stage_schedule()
@@ -283,7 +286,6 @@ class EditPipeline(VanillaPipeline):
 
     def _pds_step(self, step: int):
         """SPEC stage 1: render a whole view with gradient and back-propagate the guidance into it."""
-        config = self.config
         view = self.view_for_step(step)
         render = self.scene.render_view(self.render_cameras(), view)
         guidance_loss, result = self.guidance_loss(render.rgb, view, step)

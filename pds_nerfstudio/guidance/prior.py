@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from pds_nerfstudio.guidance import EpsFn
+from pds_nerfstudio.guidance.lora import apply_lora, check_lora
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
@@ -51,6 +52,9 @@ class DiffusionPriorConfig:
     """Hub revision (branch, tag or commit) passed to from_pretrained; None: the default branch."""
     variant: str | None = None
     """Weight-file variant passed to from_pretrained, e.g. "fp16" to download half-size weights."""
+    lora: str | None = None
+    """A LoRA of the UNet made for this scene by `pds-personalize` (its output folder), merged into the base
+    model's weights when the prior loads; it must have been trained on `model-id`. None: the base model."""
 
 
 class PriorLoadError(RuntimeError):
@@ -186,7 +190,11 @@ class DiffusionPrior:
             raise ValueError(
                 f"device {str(device)!r} asked for, but CUDA is not available: set {self.option_prefix}device"
             )
+        if self.config.lora is not None:
+            check_lora(self.config.lora, self.config.model_id, f"{self.option_prefix}lora")
         components = self._load_components(dtype)
+        if self.config.lora is not None:
+            apply_lora(components["unet"], self.config.lora)
         if self.config.dtype == "fp16" and device.type == "cpu":
             warnings.warn("fp16 is not supported on the CPU: the prior runs in fp32", stacklevel=2)
         for name in ("unet", "vae", "text_encoder"):

@@ -62,7 +62,7 @@ def rasterize_reference(
 
     if render_mode not in ("RGB", "RGB+ED", "ED"):
         raise ValueError(f"the reference rasteriser renders RGB, RGB+ED or ED, not {render_mode}")
-    count, cameras = means.shape[0], viewmats.shape[0]
+    cameras = viewmats.shape[0]
     quats = quats / quats.norm(dim=-1, keepdim=True)  # gsplat normalises internally
     covars, _ = _quat_scale_to_covar_preci(quats, scales, True, False, triu=False)
     radii, means2d, depths, conics, compensations = _fully_fused_projection(

@@ -1,0 +1,176 @@
+"""``pds-batch``: run a grid of edits (scenes x prompts x methods x seeds) on Ray, each as its own `ns-train`.
+
+    pds-batch edits.yaml                      # a local Ray started for the run (every core; a GPU per edit if any)
+    pds-batch edits.yaml --address ray://head:10001   # a running Ray cluster
+    pds-batch edits.yaml --dry-run            # the jobs and their commands, nothing run
+
+Edits whose final checkpoint exists are skipped, so the same command resumes an interrupted batch; an edit
+stopped part-way resumes from its last checkpoint. A failed edit is reported with its log's tail and the
+others go on. Ctrl-C cancels what is running (its last checkpoint stays). At the end: a table, and
+`batch_summary.md`, `batch_summary.json` and `contact_sheet.png` in the output folder. The edits file's
+format is in `pds_nerfstudio/batch/plan.py` and docs/batch.md. Ray is an optional extra:
+`pip install -e '.[cluster]'`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+PROG = "pds-batch"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.splitlines()[2:]))  # fmt: skip
+    parser.add_argument("edits_file", type=Path, help="YAML or TOML: edits, and the options they share")
+    parser.add_argument("--address", default=None, help="a running Ray cluster; default: a local Ray for this run")
+    parser.add_argument("--local-cpus", type=int, default=None, help="CPUs of the local Ray (default: every core)")
+    parser.add_argument("--cpus-per-edit", type=int, default=1, help="CPUs an edit asks for where there is no GPU")
+    parser.add_argument("--gpus-per-edit", type=float, default=1.0, help="GPUs an edit asks for where there are GPUs")
+    parser.add_argument("--max-retries", type=int, default=2, help="retries of an edit whose worker died")
+    parser.add_argument("--dry-run", action="store_true", help="print the jobs and their commands, run nothing")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from pds_nerfstudio.batch.plan import EditsFileError, finished_run, read_edits_file, resume_from
+
+    args = parse_args(argv)
+    try:
+        jobs = read_edits_file(args.edits_file)
+        missing = sorted({str(job.scene) for job in jobs if not job.scene.is_dir()})
+        if missing:
+            raise EditsFileError(f"{args.edits_file}: scene folders not found: {', '.join(missing)}")
+        if min(args.cpus_per_edit, args.max_retries + 1) < 1 or args.gpus_per_edit <= 0:
+            raise EditsFileError("--cpus-per-edit and --gpus-per-edit must be > 0 and --max-retries >= 0")
+    except EditsFileError as error:
+        return _fail(str(error), 2)
+    results: Dict[str, Dict[str, Any]] = {}
+    todo = []
+    for job in jobs:
+        done = finished_run(job)
+        if done is not None:
+            results[job.key] = {"state": "skipped", "run_dir": str(done), "note": "finished earlier"}
+        else:
+            todo.append(job)
+    output = jobs[0].output
+    print(f"{PROG}: {len(jobs)} edits in {output}: {len(jobs) - len(todo)} finished earlier, {len(todo)} to run")
+    if args.dry_run:
+        for job in todo:
+            load = resume_from(job)
+            print(f"{job.key}: {shlex.join(job.command(len(job.attempts()) + 1, load))}")
+        return 0
+    if todo:
+        try:
+            from pds_nerfstudio.batch.runner import BatchOptions, start_ray, submit
+
+            ray = start_ray(BatchOptions(args.address, args.local_cpus, args.cpus_per_edit, args.gpus_per_edit,
+                                         args.max_retries))  # fmt: skip
+        except ImportError as error:
+            return _fail(str(error), 2)
+        try:
+            _wait(ray, submit(ray, todo, BatchOptions(max_retries=args.max_retries, cpus_per_edit=args.cpus_per_edit,
+                                                      gpus_per_edit=args.gpus_per_edit)), results)  # fmt: skip
+        except KeyboardInterrupt:
+            _report(output, jobs, results)
+            print(f"{PROG}: stopped; run the same command to resume (finished edits are skipped, the others resume "
+                  "from their last checkpoint)", file=sys.stderr)  # fmt: skip
+            return 130
+        finally:
+            ray.shutdown()
+    failed = _report(output, jobs, results)
+    return 1 if failed else 0
+
+
+def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> None:
+    """Waits for every task, showing done, running, failed and an ETA; on Ctrl-C cancels what is left."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from pds_nerfstudio.batch.runner import status_path
+
+    started, total = time.time(), len(pending)
+    finished_seconds: List[float] = []
+
+    def view() -> Table:
+        running = [job for job in pending.values() if _state(status_path(job)) == "running"]
+        done = sum(r["state"] == "done" for r in results.values() if "seconds" in r)
+        failed = sum(r["state"] == "failed" for r in results.values())
+        left = total - done - failed
+        eta = "-"
+        if finished_seconds and left:
+            parallel = max(1, len(running))
+            eta = f"{sum(finished_seconds) / len(finished_seconds) * left / parallel / 60:.1f} min"
+        table = Table(title=f"pds-batch: {done} done, {len(running)} running, {failed} failed, {left} left; "
+                            f"elapsed {(time.time() - started) / 60:.1f} min, ETA {eta}")  # fmt: skip
+        for column in ("edit", "seed", "status"):
+            table.add_column(column)
+        for job in list(pending.values())[:20]:
+            table.add_row(job.name, str(job.seed), _state(status_path(job)) or "queued")
+        return table
+
+    try:
+        with Live(view(), refresh_per_second=1, transient=True) as live:
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in ready:
+                    job = pending.pop(ref)
+                    try:
+                        results[job.key] = ray.get(ref)
+                    except Exception as error:  # noqa: BLE001 - a task that kept dying: reported, the batch goes on
+                        results[job.key] = {"state": "failed", "error": " ".join(str(error).split())[:300]}
+                    if results[job.key].get("state") == "done":
+                        finished_seconds.append(results[job.key]["seconds"])
+                    _announce(job, results[job.key])
+                live.update(view())
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+
+
+def _state(path: Path) -> Optional[str]:
+    try:
+        return json.loads(path.read_text()).get("state")
+    except (OSError, ValueError):
+        return None
+
+
+def _announce(job, result: Dict[str, Any]) -> None:
+    if result.get("state") == "done":
+        print(f"{PROG}: {job.key} done in {result['seconds'] / 60:.1f} min ({result['run_dir']})", flush=True)
+        return
+    tail = ""
+    if result.get("log") and Path(result["log"]).is_file():
+        tail = "\n".join("    " + line for line in Path(result["log"]).read_text().splitlines()[-12:])
+    print(f"{PROG}: {job.key} FAILED ({result.get('error') or 'exit ' + str(result.get('returncode'))}); "
+          f"log {result.get('log')}:\n{tail}", flush=True)  # fmt: skip
+
+
+def _report(output: Path, jobs, results: Dict[str, Dict[str, Any]]) -> int:
+    from pds_nerfstudio.batch.report import write
+
+    table, summary_json, sheet = write(output, jobs, results)
+    print(table)
+    print(f"{PROG}: wrote {summary_json}" + (f" and {sheet}" if sheet else ""))
+    return sum(r.get("state") == "failed" for r in results.values())
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
+    return status
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()
