@@ -191,7 +191,8 @@ def test_a_failed_compilation_warns_once_and_runs_the_plain_encoding(monkeypatch
 
 
 def _stage1_gradients(scene: Path, prior_dir: Path, fast_encoding: str) -> tuple[EditPipeline, dict[str, torch.Tensor]]:
-    config = tiny_pds_config(scene, prior_dir, fast_encoding=fast_encoding)
+    # With nerfacto's proposal losses in stage 1 the proposal networks' (compiled) encodings get gradients too.
+    config = tiny_pds_config(scene, prior_dir, fast_encoding=fast_encoding, pds_proposal_losses=True)
     for args in config.model.proposal_net_args_list:  # the field's encoding shape: no second graph to compile
         args.update(num_levels=LEVELS, log2_hashmap_size=LOG2_TABLE)
     torch.manual_seed(0)

@@ -138,7 +138,8 @@ def test_without_triton_it_warns_once_and_runs_the_plain_encoding(monkeypatch: p
 def test_stage1_step_with_triton_matches_the_plain_encoding(tiny_scene: Path, tiny_prior_dir: Path) -> None:
     grads = {}
     for mode in ("off", "triton"):
-        config = tiny_pds_config(tiny_scene, tiny_prior_dir, fast_encoding=mode)
+        # proposal losses on: the proposal networks' encodings get gradients as well as the field's
+        config = tiny_pds_config(tiny_scene, tiny_prior_dir, fast_encoding=mode, pds_proposal_losses=True)
         torch.manual_seed(0)
         pipeline = config.setup(device="cpu", test_mode="val")
         pipeline.train()
