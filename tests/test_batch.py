@@ -126,9 +126,9 @@ def test_ctrl_c_stops_the_batch_cleanly(tiny_scene: Path, tiny_prior_dir: Path, 
     _worker_status(tmp_path / "runs" / "long" / "pds" / "seed0.status.json", time.monotonic() + 300, checkpoint=False)
     time.sleep(3)
     batch.send_signal(signal.SIGINT)
-    output, _ = batch.communicate(timeout=120)
+    output, _ = batch.communicate(timeout=300)  # Ray's shutdown is slow on a loaded machine
     assert batch.returncode == 130 and "run the same command to resume" in output, output[-3000:]
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while _processes_of(tmp_path / "runs") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not _processes_of(tmp_path / "runs")  # no ns-train left running
