@@ -120,6 +120,11 @@ def test_sdedit_visits_every_view_once_per_cycle_in_a_seeded_order(pipeline: Edi
     assert all(sorted(cycle) == list(range(count)) for cycle in cycles)
     assert cycles[0] != cycles[1] and cycles[0] != list(range(count))  # drawn, not in order
     assert visits == [pipeline.sdedit_view(start + every * k) for k in range(3 * count)]  # a function of the step
+    pipeline.config.sdedit_order = "in-order"  # the authors' order
+    try:
+        assert [pipeline.sdedit_view(start + every * k) for k in range(2 * count)] == list(range(count)) * 2
+    finally:
+        pipeline.config.sdedit_order = "shuffled"
 
 
 def test_viewer_shows_stage_and_edits_prompts_and_guidance(pipeline: EditPipeline) -> None:

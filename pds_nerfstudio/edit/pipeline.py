@@ -81,8 +81,12 @@ class EditPipelineConfig(VanillaPipelineConfig):
     pds_loss_mult: float = 1.0
     """Weight of the guidance loss in stage 1."""
     sdedit_every: int = 10
-    """Stage 2 replaces one training image every this many iterations, visiting every view once per cycle
-    (in an order drawn from the seed)."""
+    """Stage 2 replaces one training image every this many iterations, visiting every view once per cycle."""
+    sdedit_order: Literal["shuffled", "in-order"] = "shuffled"
+    """The order of each cycle of stage 2's replacements. `in-order` is the authors' (views 0, 1, 2, ...: in a
+    capture these are neighbouring cameras, so one side of the scene is replaced before the other);
+    `shuffled` draws a permutation per cycle from the seed, spreading the replaced views around the scene.
+    Measured against each other in docs/fidelity.md."""
     sdedit_guidance_scale: float = 15.0
     """Classifier-free guidance of stage 2's SDEdit."""
     sdedit_num_inference_steps: int = 20
@@ -361,9 +365,11 @@ class EditPipeline(VanillaPipeline):
 
     def sdedit_view(self, step: int) -> int:
         """The training view that SDEdit step `step` replaces: every view once per cycle of `num_train_images`
-        SDEdit steps, in an order drawn from (seed, cycle), so that no view keeps its stage-1 render for long."""
+        SDEdit steps, in an order drawn from (seed, cycle), or in order (`sdedit_order`)."""
         index = (step - self.schedule.start(Stage.REFINEMENT)) // self.config.sdedit_every
         cycle, position = divmod(index, self.datamanager.num_train_images)
+        if self.config.sdedit_order == "in-order":
+            return position
         order = torch.randperm(self.datamanager.num_train_images, generator=step_generator(self.config.seed, cycle, 2))
         return int(order[position])
 
