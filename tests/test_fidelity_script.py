@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -54,6 +55,18 @@ def test_fidelity_runs_every_method_and_pds_on_splats_through_both_stages_and_re
     assert "green cube -> pink" in (out / "fidelity.md").read_text()
     grid = Image.open(out / "side_by_side.png")
     assert grid.size == (150 + 11 * 64, 14 + 64)  # scene, both sources, then each run after stages 1 and 2
+    picture = tmp_path / "edits.png"  # the README's picture: scene, PDS on a NeRF, PDS on splats
+    drawn = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_picture.py"), str(out), str(picture),
+                            "--seed", "3", "--view", "0"], capture_output=True, text=True)  # fmt: skip
+    assert drawn.returncode == 0, drawn.stderr
+    pixels = np.asarray(Image.open(picture).convert("RGB"))
+    assert pixels.shape == (64 + 28, 3 * 64, 3)
+    renders = np.load(out / "green-cube_to_pink" / "seed3" / "renders.npz")
+    for tile, key in enumerate(("scene", "pds/refinement", "pds-splat/refinement")):
+        assert np.array_equal(pixels[14 : 14 + 64 : 2, tile * 64 : (tile + 1) * 64 : 2], renders[key][0])
+    none = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_picture.py"), str(out), str(picture),
+                           "--seed", "0"], capture_output=True, text=True)  # fmt: skip
+    assert none.returncode == 2 and none.stderr.startswith("readme_picture: error:") and "seed 0" in none.stderr
     runs = out / "green-cube_to_pink" / "seed3" / "runs" / "scene"
     for method in ("pds", "sds", "dds"):
         assert f"method: {method}" in (runs / "pds" / method / "config.yml").read_text()
