@@ -10,7 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -30,8 +32,11 @@ TINY = {
 
 
 def _batch(args: list, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pds_nerfstudio.cli.batch", *map(str, args), "--local-cpus", "2"],
-                          env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    try:
+        return subprocess.run([sys.executable, "-m", "pds_nerfstudio.cli.batch", *map(str, args), "--local-cpus", "2"],
+                              env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    finally:  # a timed-out batch leaves no edit running
+        _kill_processes_of(cwd / "runs")
 
 
 def _edits_file(folder: Path, scene: Path, prior: Path, edits: list, **options) -> Path:
@@ -97,41 +102,59 @@ def _processes_of(folder: Path) -> list[int]:
     return pids
 
 
+@contextmanager
+def _running_batch(path: Path, env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen]:
+    """`pds-batch` in the background; whatever the test's outcome, nothing of it is left running afterwards."""
+    batch = subprocess.Popen([sys.executable, "-m", "pds_nerfstudio.cli.batch", str(path), "--local-cpus", "2"],
+                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        yield batch
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+            batch.wait()
+        _kill_processes_of(cwd / "runs")
+
+
+def _kill_processes_of(folder: Path) -> None:
+    for pid in _processes_of(folder):
+        with suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_a_killed_worker_has_its_edit_resumed_from_its_last_checkpoint(
     tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
 ) -> None:
     edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(60, 4, 2), **{"--steps-per-save": 5})
-    batch = subprocess.Popen([sys.executable, "-m", "pds_nerfstudio.cli.batch", str(path), "--local-cpus", "2"],
-                             env=user_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    status_file = tmp_path / "runs" / "blue" / "pds" / "seed0.status.json"
-    status = _worker_status(status_file, time.monotonic() + 300)
-    first_run = tmp_path / "runs" / "blue" / "pds" / "seed0-1"
-    os.kill(status["pid"], signal.SIGKILL)  # the Ray worker dies mid-edit
-    output, _ = batch.communicate(timeout=600)
-    assert batch.returncode == 0, output[-4000:]
-    (row,) = json.loads((tmp_path / "runs" / "batch_summary.json").read_text())
-    assert row["state"] == "done" and row["attempt"] == 2
-    assert row["resumed_from"] == str(first_run / "nerfstudio_models")  # not started over
-    log = Path(row["log"]).read_text()
-    assert "Resuming the edit at step" in log
-    assert not _processes_of(first_run)  # the killed worker's ns-train died with it
+    with _running_batch(path, user_env, tmp_path) as batch:
+        status_file = tmp_path / "runs" / "blue" / "pds" / "seed0.status.json"
+        status = _worker_status(status_file, time.monotonic() + 300)
+        first_run = tmp_path / "runs" / "blue" / "pds" / "seed0-1"
+        os.kill(status["pid"], signal.SIGKILL)  # the Ray worker dies mid-edit
+        output, _ = batch.communicate(timeout=600)
+        assert batch.returncode == 0, output[-4000:]
+        (row,) = json.loads((tmp_path / "runs" / "batch_summary.json").read_text())
+        assert row["state"] == "done" and row["attempt"] == 2
+        assert row["resumed_from"] == str(first_run / "nerfstudio_models")  # not started over
+        log = Path(row["log"]).read_text()
+        assert "Resuming the edit at step" in log
+        assert not _processes_of(first_run)  # the killed worker's ns-train died with it
 
 
 def test_ctrl_c_stops_the_batch_cleanly(tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path) -> None:
     edits = [{"name": "long", "scene": str(tiny_scene), "target": "a blue sphere"}]
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
-    batch = subprocess.Popen([sys.executable, "-m", "pds_nerfstudio.cli.batch", str(path), "--local-cpus", "2"],
-                             env=user_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    _worker_status(tmp_path / "runs" / "long" / "pds" / "seed0.status.json", time.monotonic() + 300, checkpoint=False)
-    time.sleep(3)
-    batch.send_signal(signal.SIGINT)
-    output, _ = batch.communicate(timeout=300)  # Ray's shutdown is slow on a loaded machine
-    assert batch.returncode == 130 and "run the same command to resume" in output, output[-3000:]
-    deadline = time.monotonic() + 60
-    while _processes_of(tmp_path / "runs") and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _processes_of(tmp_path / "runs")  # no ns-train left running
+    with _running_batch(path, user_env, tmp_path) as batch:
+        _worker_status(tmp_path / "runs" / "long" / "pds" / "seed0.status.json", time.monotonic() + 300, checkpoint=False)
+        time.sleep(3)
+        batch.send_signal(signal.SIGINT)
+        output, _ = batch.communicate(timeout=300)  # Ray's shutdown is slow on a loaded machine
+        assert batch.returncode == 130 and "run the same command to resume" in output, output[-3000:]
+        deadline = time.monotonic() + 60
+        while _processes_of(tmp_path / "runs") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _processes_of(tmp_path / "runs")  # no ns-train left running
 
 
 @pytest.mark.parametrize(
