@@ -85,10 +85,15 @@ def test_ns_render_and_ns_viewer_load_the_edit(splat_run: Path, user_env: dict[s
 def test_pds_splat_starts_from_a_splatfacto_scene(
     splat_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path, densify: bool
 ) -> None:
+    # A reconstruction that densifies (as every real one does): the starting checkpoint holds more Gaussians than
+    # the scene's 400 seed points, so a splatfacto built for the edit is resized when the checkpoint loads.
     run_cli(["ns-train", "pds-splatfacto", "--data", str(splat_scene), "--output-dir", str(tmp_path), "--timestamp",
-             "source", "--max-num-iterations", "10", "--steps-per-save", "10", *SPLAT_OPTIONS], user_env, cwd=tmp_path)  # fmt: skip
+             "source", "--max-num-iterations", "20", "--steps-per-save", "20", *SPLAT_OPTIONS,
+             "--pipeline.model.warmup-length", "2", "--pipeline.model.refine-every", "4",  # refines at 12 and 16
+             "--pipeline.model.densify-grad-thresh", "1e-9"], user_env, cwd=tmp_path)  # fmt: skip
     models = tmp_path / splat_scene.name / "pds-splatfacto" / "source" / "nerfstudio_models"
     source = torch.load(sorted(models.glob("*.ckpt"))[-1], map_location="cpu")["pipeline"]
+    assert source["_model.gauss_params.means"].shape[0] > 400
     # Stage 1 runs steps 600-602: splatfacto would densify at 600 (past its warm-up, a multiple of refine_every).
     output = run_cli(["ns-train", "pds-splat", "--data", str(splat_scene), "--output-dir", str(tmp_path),
                       "--timestamp", "edit", "--load-dir", str(models), *SPLAT_OPTIONS,

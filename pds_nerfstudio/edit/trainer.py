@@ -246,6 +246,7 @@ class PDSTrainer(Trainer):
             if trainable:
                 groups[name] = trainable
         self.optimizers.__init__(dict(config), groups)  # type: ignore[misc]
+        self.pipeline.scene.use_optimizers(self.optimizers.optimizers)
         self._optimizer_stage = stage
 
     def train_iteration(self, step: int):
