@@ -31,7 +31,9 @@ TINY = {
 }  # fmt: skip
 
 
-def _batch(args: list, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def _batch(args: list, env: dict[str, str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+    """The timeouts here only catch a hang: on two cores loaded by other work, a tiny edit took 9 minutes from
+    the start of its Ray task (its ns-train wrote its run folder only after 5)."""
     try:
         return subprocess.run([sys.executable, "-m", "pds_nerfstudio.cli.batch", *map(str, args), "--local-cpus", "2"],
                               env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)  # fmt: skip
@@ -129,10 +131,10 @@ def test_a_killed_worker_has_its_edit_resumed_from_its_last_checkpoint(
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(60, 4, 2), **{"--steps-per-save": 5})
     with _running_batch(path, user_env, tmp_path) as batch:
         status_file = tmp_path / "runs" / "blue" / "pds" / "seed0.status.json"
-        status = _worker_status(status_file, time.monotonic() + 300)
+        status = _worker_status(status_file, time.monotonic() + 900)
         first_run = tmp_path / "runs" / "blue" / "pds" / "seed0-1"
         os.kill(status["pid"], signal.SIGKILL)  # the Ray worker dies mid-edit
-        output, _ = batch.communicate(timeout=600)
+        output, _ = batch.communicate(timeout=1800)
         assert batch.returncode == 0, output[-4000:]
         (row,) = json.loads((tmp_path / "runs" / "batch_summary.json").read_text())
         assert row["state"] == "done" and row["attempt"] == 2
@@ -146,7 +148,7 @@ def test_ctrl_c_stops_the_batch_cleanly(tiny_scene: Path, tiny_prior_dir: Path, 
     edits = [{"name": "long", "scene": str(tiny_scene), "target": "a blue sphere"}]
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
     with _running_batch(path, user_env, tmp_path) as batch:
-        _worker_status(tmp_path / "runs" / "long" / "pds" / "seed0.status.json", time.monotonic() + 300, checkpoint=False)
+        _worker_status(tmp_path / "runs" / "long" / "pds" / "seed0.status.json", time.monotonic() + 900, checkpoint=False)
         time.sleep(3)
         batch.send_signal(signal.SIGINT)
         output, _ = batch.communicate(timeout=300)  # Ray's shutdown is slow on a loaded machine
