@@ -229,7 +229,9 @@ class PDSTrainer(Trainer):
     def use_optimizers_of(self, stage: Stage) -> None:
         """Optimisers, schedules, frozen parameters and precision of `stage`, started afresh.
 
-        The Optimizers object is re-initialised in place: training callbacks hold it.
+        The Optimizers object is re-initialised in place, and so are its dicts: training callbacks hold the object,
+        and nerfstudio 1.1.5's splatfacto densifies with the `optimizers` dict its BEFORE_TRAIN_ITERATION callback
+        took, before this switch on a stage's first step.
         """
         if stage is Stage.RECONSTRUCTION:
             config, self.mixed_precision = self.config.optimizers, self.config.mixed_precision
@@ -245,8 +247,12 @@ class PDSTrainer(Trainer):
             trainable = [parameter for parameter in parameters if parameter.requires_grad]
             if trainable:
                 groups[name] = trainable
+        held = self.optimizers.optimizers, self.optimizers.schedulers
         self.optimizers.__init__(dict(config), groups)  # type: ignore[misc]
-        self.pipeline.scene.use_optimizers(self.optimizers.optimizers)
+        for kept, fresh in zip(held, (self.optimizers.optimizers, self.optimizers.schedulers)):
+            kept.clear()
+            kept.update(fresh)
+        self.optimizers.optimizers, self.optimizers.schedulers = held
         self._optimizer_stage = stage
 
     def train_iteration(self, step: int):

@@ -60,10 +60,6 @@ class SceneAdapter(ABC):
         frozen = list(self.model.camera_optimizer.parameters()) if hasattr(self.model, "camera_optimizer") else []
         return freeze(frozen)
 
-    def use_optimizers(self, optimizers: Dict[str, torch.optim.Optimizer]) -> None:
-        """The optimisers of a stage that has just started (each stage starts afresh). A scene that keeps its own
-        reference to them (splatfacto's densification) takes the new ones here."""
-
     @abstractmethod
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         """Why a checkpoint's pipeline state cannot start an edit of this scene (None: it can)."""

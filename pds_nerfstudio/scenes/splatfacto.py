@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Mapping, Optional, Type
+from typing import Iterator, List, Mapping, Optional, Type
 
 import torch
 from jaxtyping import Float
@@ -97,12 +97,6 @@ class SplatfactoScene(SceneAdapter):
         if not self.densify:
             self.model.strategy.refine_stop_iter = 0
         return super().begin_edit()
-
-    def use_optimizers(self, optimizers: Dict[str, torch.optim.Optimizer]) -> None:
-        # nerfstudio 1.1.5's splatfacto densifies with the optimisers its BEFORE_TRAIN_ITERATION callback stored;
-        # a stage's first step switches them after that callback, so densification would otherwise grow the
-        # previous stage's parameters (sized as before the starting checkpoint loaded) on that step.
-        self.model.optimizers = optimizers
 
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         if "_model.gauss_params.means" not in pipeline_state:
