@@ -31,12 +31,15 @@ TINY = {
 }  # fmt: skip
 
 
-def _batch(args: list, env: dict[str, str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
+def _batch_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "pds_nerfstudio.cli.batch", str(path), "--local-cpus", "2"]
+
+
+def _batch(path: Path, env: dict[str, str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
     """The timeouts here only catch a hang: on two cores loaded by other work, a tiny edit took 9 minutes from
     the start of its Ray task (its ns-train wrote its run folder only after 5)."""
     try:
-        return subprocess.run([sys.executable, "-m", "pds_nerfstudio.cli.batch", *map(str, args), "--local-cpus", "2"],
-                              env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        return subprocess.run(_batch_command(path), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     finally:  # a timed-out batch leaves no edit running
         _kill_processes_of(cwd / "runs")
 
@@ -62,7 +65,7 @@ def test_a_batch_runs_its_edits_reports_the_failing_one_and_skips_what_finished(
              {"name": "broken", "scene": str(tiny_scene), "target": "a pink sphere",
               "options": {"--pipeline.guidance-scale": -1}}]  # fmt: skip
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(3, 2, 2))
-    first = _batch([path], user_env, tmp_path)
+    first = _batch(path, user_env, tmp_path)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]  # one edit failed
     assert "broken/seed0 FAILED" in first.stdout and "guidance scale must be a finite number > 0" in first.stdout
     summary = {row["edit"]: row for row in json.loads((tmp_path / "runs" / "batch_summary.json").read_text())}
@@ -75,7 +78,7 @@ def test_a_batch_runs_its_edits_reports_the_failing_one_and_skips_what_finished(
         assert summary[name]["measures"]["target_colour"] == colour and summary[name]["measures"]["views"] == 11
     assert (tmp_path / "runs" / "contact_sheet.png").is_file() and (tmp_path / "runs" / "batch_summary.md").is_file()
 
-    again = _batch([path], user_env, tmp_path)
+    again = _batch(path, user_env, tmp_path)
     assert "2 finished earlier, 1 to run" in again.stdout and again.returncode == 1
     assert not (tmp_path / "runs" / "blue" / "pds" / "seed0-2").exists()  # finished edits are not run again
 
@@ -107,8 +110,8 @@ def _processes_of(folder: Path) -> list[int]:
 @contextmanager
 def _running_batch(path: Path, env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen]:
     """`pds-batch` in the background; whatever the test's outcome, nothing of it is left running afterwards."""
-    batch = subprocess.Popen([sys.executable, "-m", "pds_nerfstudio.cli.batch", str(path), "--local-cpus", "2"],
-                             env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    batch = subprocess.Popen(_batch_command(path), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
     try:
         yield batch
     finally:
@@ -180,7 +183,7 @@ def test_bad_edits_files_are_refused_in_one_line(
     if content is not None:
         text = content if isinstance(content, str) else yaml.safe_dump(content).replace("SCENE", str(tiny_scene))
         path.write_text(text)
-    result = _batch([path], user_env, tmp_path, timeout=120)
+    result = _batch(path, user_env, tmp_path, timeout=120)
     assert result.returncode == 2 and result.stderr.startswith("pds-batch: error:") and message in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "batch_outputs").exists()
 
