@@ -478,6 +478,11 @@ def yaml_config(path: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ reporting
 
 
+def edit_caption(chain: dict) -> str:
+    """'red sphere -> blue' for a chain's settings (its measures.json "chain")."""
+    return f"{chain['source']} -> {chain['target'].split()[0]}"
+
+
 def spread(values: list[float], percent: bool = False) -> str:
     """Mean, and the range over seeds when there is more than one value."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -531,7 +536,7 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
               "|" + "---|" * (2 + len(methods))]  # fmt: skip
     by_edit: dict[str, list[dict]] = {}
     for r in results:
-        by_edit.setdefault(f"{r['chain']['source']} -> {r['chain']['target'].split()[0]}", []).append(r)
+        by_edit.setdefault(edit_caption(r["chain"]), []).append(r)
     for edit, group in by_edit.items():
         cells = [edit, spread([g["prior_samples_read_as_target"] for g in group], True)]
         for method in methods:
@@ -599,7 +604,7 @@ def side_by_side(path: Path, roots: list[Path], methods: list[str]) -> None:
             for stage, label in (("pds", "stage 1"), ("refinement", "stage 2")):
                 if f"{method}/{stage}" in renders:
                     columns[f"{method} {label}"] = renders[f"{method}/{stage}"][view]
-        rows.append((f"{measures['chain']['source']} -> {measures['chain']['target'].split()[0]}", columns))
+        rows.append((edit_caption(measures["chain"]), columns))
     size = rows[0][1]["scene"].shape[0] * 2
     labels = list(rows[0][1])
     label_width = 150

@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from fidelity import edit_caption  # scripts/fidelity.py, beside this script
+
 PANELS = (("scene", "scene"), ("pds/refinement", "PDS, NeRF"), ("pds-splat/refinement", "PDS, splats"))
 """(key in a chain's renders.npz, caption) of each tile of an edit."""
 
@@ -25,7 +27,7 @@ def edit_panels(root: Path, view: int) -> tuple[str, list[np.ndarray]]:
     missing = [key for key, _ in PANELS if key not in renders]
     if missing:
         raise ValueError(f"{root} has no {', '.join(missing)} renders (run the benchmark with pds and pds-splat)")
-    return f"{chain['source']} -> {chain['target'].split()[0]}", [renders[key][view] for key, _ in PANELS]
+    return edit_caption(chain), [renders[key][view] for key, _ in PANELS]
 
 
 def draw(edits: list[tuple[str, list[np.ndarray]]], columns: int, scale: int = 2) -> Image.Image:
