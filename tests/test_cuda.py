@@ -82,8 +82,10 @@ def _assert_step_gradients_close(grads: dict[str, torch.Tensor], reference: dict
 
 @pytest.mark.parametrize("fast", ["triton", "compile"])
 def test_stage1_step_with_the_fast_encoding_matches_the_plain_one(tiny_scene: Path, tiny_prior_dir: Path, fast: str) -> None:
-    _, reference = _stage1_gradients(tiny_scene, tiny_prior_dir, fast_encoding="off")
-    pipeline, grads = _stage1_gradients(tiny_scene, tiny_prior_dir, fast_encoding=fast)
+    # nerfacto's proposal losses on (off in stage 1 by default, as the authors'): the proposal networks' encodings
+    # get gradients as well as the field's
+    _, reference = _stage1_gradients(tiny_scene, tiny_prior_dir, fast_encoding="off", pds_proposal_losses=True)
+    pipeline, grads = _stage1_gradients(tiny_scene, tiny_prior_dir, fast_encoding=fast, pds_proposal_losses=True)
     kind = TritonHashForward if fast == "triton" else CompiledHashForward
     forwards = [m.__dict__.get("forward") for m in pipeline.model.modules() if isinstance(m, HashEncoding)]
     assert len(forwards) == 3 and all(isinstance(f, kind) and not f.failed for f in forwards)
