@@ -14,6 +14,7 @@
 # --edit-check SCENE OUT_DIR: then scripts/edit_check.py, a short `ns-train pds` through every stage on SCENE and
 # `ns-render` of its held-out views, into OUT_DIR (its weights stay out of it). The prior of both the edit check and
 # the benchmark is then one pipeline of PDS_PRIOR_ARCH (sd15, the default, or tiny) with random weights, built once.
+# PDS_EDIT_CHECK_ARGS: more edit_check.py options (a CPU rehearsal's smaller sizes, e.g. "--iterations 6 3 6").
 # PDS_TIME_BUDGET=SECONDS: no benchmark row starts later than this after the script started (passed on as
 # the benchmark's --time-budget, less what installing and the checks took).
 set -euo pipefail
@@ -44,7 +45,8 @@ if [ -n "$edit_scene" ]; then
   dtype=float32; [ "$arch" = sd15 ] && dtype=float16
   python3 scripts/make_tiny_prior.py "$prior_dir" --architecture "$arch" --dtype "$dtype" --overwrite || checks_rc=1
   prior=(--prior "$prior_dir")
-  python3 scripts/edit_check.py "$edit_out" --scene "$edit_scene" --prior "$prior_dir" || checks_rc=1
+  # shellcheck disable=SC2086  # PDS_EDIT_CHECK_ARGS is a list of options
+  python3 scripts/edit_check.py "$edit_out" --scene "$edit_scene" --prior "$prior_dir" ${PDS_EDIT_CHECK_ARGS:-} || checks_rc=1
   echo "edit check done at $(($(date +%s) - start)) s (exit status $checks_rc)"
 fi
 budget=()
