@@ -12,7 +12,7 @@
 # --checks: first run tests/test_cuda.py (the fast paths against their plain references on the GPU); the
 # benchmark runs either way, and the script exits non-zero when a check failed.
 # --edit-check SCENE OUT_DIR: then scripts/edit_check.py, a short `ns-train pds` through every stage on SCENE and
-# `ns-render` of its held-out views, into OUT_DIR (its weights stay out of it). The prior of both the edit check and
+# `ns-render` of its held-out views, into OUT_DIR (without the prior's weights or the run's checkpoints). The prior of both the edit check and
 # the benchmark is then one pipeline of PDS_PRIOR_ARCH (sd15, the default, or tiny) with random weights, built once.
 # PDS_EDIT_CHECK_ARGS: more edit_check.py options (a CPU rehearsal's smaller sizes, e.g. "--iterations 6 3 6").
 # PDS_TIME_BUDGET=SECONDS: no benchmark row starts later than this after the script started (passed on as
@@ -47,6 +47,7 @@ if [ -n "$edit_scene" ]; then
   prior=(--prior "$prior_dir")
   # shellcheck disable=SC2086  # PDS_EDIT_CHECK_ARGS is a list of options
   python3 scripts/edit_check.py "$edit_out" --scene "$edit_scene" --prior "$prior_dir" ${PDS_EDIT_CHECK_ARGS:-} || checks_rc=1
+  find "$edit_out" -name "*.ckpt" -delete  # the run's checkpoints (hundreds of MB at 512) are not worth bringing back
   echo "edit check done at $(($(date +%s) - start)) s (exit status $checks_rc)"
 fi
 budget=()
