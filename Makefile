@@ -25,8 +25,11 @@ system-deps:
 		echo "note: ns-export needs libusb-1.0: install your system's libusb-1.0-0 package"; \
 	fi
 
+# Two pytest workers, one torch thread each (tests/conftest.py); a file's tests share a worker, in order.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: install
 	$(BIN)/python scripts/demo.py

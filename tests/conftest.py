@@ -13,6 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 FACE_SCENE = REPO.parent / "shared" / "data" / "in2n_face"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `make test` (pytest-xdist, two workers) each worker, and every command it starts, uses one torch
+    thread: the two workers then share two cores without oversubscribing them."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+        os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        import torch
+
+        torch.set_num_threads(1)
+
+
 def console_script(name: str) -> str:
     """Path of a console script installed beside this interpreter (ns-train, ns-render, ...)."""
     return str(Path(sys.executable).parent / name)
