@@ -47,7 +47,8 @@ if [ -n "$edit_scene" ]; then
   prior=(--prior "$prior_dir")
   # shellcheck disable=SC2086  # PDS_EDIT_CHECK_ARGS is a list of options
   python3 scripts/edit_check.py "$edit_out" --scene "$edit_scene" --prior "$prior_dir" ${PDS_EDIT_CHECK_ARGS:-} || checks_rc=1
-  find "$edit_out" -name "*.ckpt" -delete  # the run's checkpoints (hundreds of MB at 512) are not worth bringing back
+  # The run's checkpoints (hundreds of MB at 512) are not worth bringing back; no folder when edit_check refused.
+  if [ -d "$edit_out" ]; then find "$edit_out" -name "*.ckpt" -delete; fi
   echo "edit check done at $(($(date +%s) - start)) s (exit status $checks_rc)"
 fi
 budget=()
