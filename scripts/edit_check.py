@@ -19,7 +19,6 @@ machine), the method reaches `ns-train` through nerfstudio's NERFSTUDIO_METHOD_C
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -35,6 +34,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pds_nerfstudio.data.scene_checks import read_header, read_transforms, transforms_path, validate_scene
+from pds_nerfstudio.edit.stages import StageSchedule
 from pds_nerfstudio.fixtures.small_nerfacto import NO_EVALUATION_OPTIONS
 from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior
 
@@ -108,14 +109,11 @@ def run(name: str, command: list[str], env: dict[str, str], log: Path) -> tuple[
     return time.monotonic() - started, status
 
 
-def stage_ends(iterations: list[int]) -> list[int]:
-    """The last global step of each stage: the trainer keeps a checkpoint there."""
-    return [sum(iterations[: i + 1]) - 1 for i in range(len(iterations))]
-
-
 def check_training(run_dir: Path, log: Path, iterations: list[int], status: int) -> tuple[bool, str]:
+    """A checkpoint at the last step of every stage (where the trainer keeps one), and no non-finite step."""
+    schedule = StageSchedule(*iterations)
     steps = sorted(int(path.stem.split("-")[1]) for path in (run_dir / "nerfstudio_models").glob("step-*.ckpt"))
-    missing = [step for step in stage_ends(iterations) if step not in steps]
+    missing = [step for step in range(schedule.total) if schedule.is_last_step_of_stage(step) and step not in steps]
     nonfinite = log.read_text().count("non-finite")
     found = f"checkpoints at steps {', '.join(map(str, steps)) or 'none'}; {nonfinite} non-finite steps"
     return status == 0 and not missing and nonfinite == 0, found
@@ -123,17 +121,18 @@ def check_training(run_dir: Path, log: Path, iterations: list[int], status: int)
 
 def check_frames(frames: Path, size: tuple[int, int], status: int) -> tuple[bool, str]:
     """Frames of the held-out views: at least one, each at the scene's size and not of one colour."""
-    images = sorted((frames / "test").rglob("*.png"))  # test/rgb/<view>.png; test/rgb.png when one view is held out
-    shapes = {Image.open(path).size for path in images}
-    spread = min((float(np.asarray(Image.open(path), dtype=np.float32).std()) for path in images), default=0.0)
+    paths = sorted((frames / "test").rglob("*.png"))  # test/rgb/<view>.png; test/rgb.png when one view is held out
+    images = [np.asarray(Image.open(path)) for path in paths]
+    shapes = {(image.shape[1], image.shape[0]) for image in images}
+    spread = min((float(image.std()) for image in images), default=0.0)
     found = f"{len(images)} held-out frames, sizes {sorted(shapes)}, least pixel std {spread:.1f}"
     return status == 0 and len(images) > 0 and shapes == {size} and spread > 0, found
 
 
 def image_size(scene: Path) -> tuple[int, int]:
-    frame = json.loads((scene / "transforms.json").read_text())["frames"][0]
-    with Image.open(scene / frame["file_path"]) as image:
-        return image.size
+    """(width, height) of the scene's images (validate_scene has checked they share one)."""
+    transforms = transforms_path(scene)
+    return read_header(transforms.parent / read_transforms(transforms)["frames"][0]["file_path"]).size
 
 
 def report(steps: list[Step], context: str) -> str:
@@ -151,8 +150,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="iterations of each stage (stage 2 SDEdits a view every 10 by default)")  # fmt: skip
     parser.add_argument("--options", nargs=argparse.REMAINDER, default=[], help="more ns-train options, last")
     args = parser.parse_args(argv)
-    if not (args.scene / "transforms.json").is_file():
-        parser.error(f"--scene: {args.scene} has no transforms.json (give a nerfstudio scene folder)")
+    try:
+        validate_scene(args.scene)
+    except ValueError as problem:
+        parser.error(f"--scene: {problem}")
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         parser.error(f"{args.out_dir} is not empty: give a new folder")
     args.out_dir.mkdir(parents=True, exist_ok=True)

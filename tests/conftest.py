@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -54,6 +55,14 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 60
     if result.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def folder_snapshot(folder: Path) -> dict[str, str]:
+    """Every path under `folder` with a hash of its bytes (folders hash to ''): equal snapshots, an untouched folder."""
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+        for path in sorted(folder.rglob("*"))
+    }
 
 
 def viewer_output_until_loaded(config: Path, env: dict[str, str], cwd: Path, port: int) -> str:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import folder_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.model.hidden-dim", "16",
@@ -26,12 +26,8 @@ def _rows(report: str) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in rows[1:]}
 
 
-def _digest(folder: Path) -> str:
-    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file())).hexdigest()
-
-
 def test_a_short_edit_passes_every_check(tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path) -> None:
-    before = _digest(tiny_scene)
+    before = folder_snapshot(tiny_scene)
     result = _edit_check(tmp_path / "check", tiny_scene, tiny_prior_dir, user_env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     rows = _rows((tmp_path / "check" / "edit_check.md").read_text())
@@ -40,7 +36,7 @@ def test_a_short_edit_passes_every_check(tiny_scene: Path, tiny_prior_dir: Path,
     assert rows["ns-render dataset --split test"][1] == "yes"
     assert rows["ns-render dataset --split test"][2].startswith("1 held-out frames, sizes [(32, 32)]")
     assert "$ " + str(Path(sys.executable).parent / "ns-train") + " pds --data" in result.stdout  # the user's command
-    assert _digest(tiny_scene) == before  # the scene is only read
+    assert folder_snapshot(tiny_scene) == before  # the scene is only read
 
 
 def test_a_failing_step_fails_the_check(tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path) -> None:

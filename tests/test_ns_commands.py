@@ -7,14 +7,13 @@ conftest.user_env: empty caches, no ffmpeg on PATH, hub offline).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
-from conftest import run_cli, viewer_output_until_loaded
+from conftest import folder_snapshot, run_cli, viewer_output_until_loaded
 
 from pds_nerfstudio import compat
 
@@ -137,10 +136,6 @@ def test_stock_nerfacto_checkpoint_renders_and_starts_an_edit_once_plugin_is_ins
     assert list((tmp_path / "edited").rglob("*.jpg"))
 
 
-def _tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
-
-
 def pds_args(prior: Path, reconstruction: int, pds: int, refinement: int) -> list[str]:
     return [
         "--pipeline.source-prompt", "a red sphere", "--pipeline.target-prompt", "a blue sphere",
@@ -155,9 +150,9 @@ def test_ns_train_pds_runs_every_stage_and_its_run_renders_without_the_prior(
 ) -> None:
     prior = tmp_path / "prior"
     shutil.copytree(tiny_prior_dir, prior)
-    scene_before = _tree_digest(tiny_scene)
+    scene_before = folder_snapshot(tiny_scene)
     config = train("pds", tiny_scene, tmp_path, 0, user_env, *pds_args(prior, 3, 3, 12))
-    assert _tree_digest(tiny_scene) == scene_before, "the scene folder was written"
+    assert folder_snapshot(tiny_scene) == scene_before, "the scene folder was written"
 
     run = config.parent
     checkpoints = sorted((run / "nerfstudio_models").glob("*.ckpt"))

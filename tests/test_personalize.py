@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import console_script, run_cli
+from conftest import console_script, folder_snapshot, run_cli
 from test_ns_commands import TINY_NERFACTO, pds_args
 
 from pds_nerfstudio import compat
@@ -18,10 +17,6 @@ from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
 
 compat.allow_nerfstudio_checkpoints()
 INSTANCE, CLASS = "a sks red sphere", "a red sphere"
-
-
-def _digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +28,12 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def lora(scene: Path, user_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    before = _digest(scene)
+    before = folder_snapshot(scene)
     out = tmp_path_factory.mktemp("lora_out") / "lora"
     output = run_cli(["pds-personalize", "--data", str(scene), "--instance-prompt", INSTANCE, "--output", str(out),
                       "--prior.model-id", str(embedded_toy_prior_dir()), "--steps", "120", "--learning-rate", "1e-3",
                       "--class-prompt", CLASS, "--num-class-images", "2"], user_env, cwd=out.parent).stdout  # fmt: skip
-    assert "pytorch_lora_weights.safetensors" in output and _digest(scene) == before  # the scene is only read
+    assert "pytorch_lora_weights.safetensors" in output and folder_snapshot(scene) == before  # the scene is only read
     return out
 
 

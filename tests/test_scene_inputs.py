@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import folder_snapshot
 from PIL import Image
 
 from nerfstudio.cameras.cameras import Cameras
@@ -53,14 +53,6 @@ def edit_transforms(scene: Path, edit: Callable[[dict], None]) -> None:
     meta = json.loads((scene / "transforms.json").read_text())
     edit(meta)
     (scene / "transforms.json").write_text(json.dumps(meta))
-
-
-def snapshot(folder: Path) -> Dict[str, str]:
-    """Every path under `folder` with a hash of its bytes (folders hash to '')."""
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-        for path in sorted(folder.rglob("*"))
-    }
 
 
 # ------------------------------------------------------------------ validate_scene
@@ -312,11 +304,11 @@ def colour(index: int) -> Tuple[int, int, int]:
 
 
 def test_large_images_are_downscaled_in_memory_only(large_scene: Path) -> None:
-    before = snapshot(large_scene)
+    before = folder_snapshot(large_scene)
     validate_scene(large_scene)
     config = PDSDataManagerConfig(dataparser=NerfstudioDataParserConfig(data=large_scene))
     manager: PDSDataManager = config.setup(device="cpu", test_mode="val")
-    assert snapshot(large_scene) == before
+    assert folder_snapshot(large_scene) == before
     assert manager.image_batch["image"].shape == (3, 1024, 1024, 3)
     cameras = manager.train_dataset.cameras
     assert (cameras.width == 1024).all() and (cameras.height == 1024).all()
