@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
+import psutil
 import pytest
+
+import waiting
 
 REPO = Path(__file__).resolve().parents[1]
 FACE_SCENE = REPO.parent / "shared" / "data" / "in2n_face"
@@ -47,11 +52,9 @@ def user_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return env
 
 
-def run_cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Runs a console script; fails the test with its output when it exits non-zero."""
-    result = subprocess.run(
-        [console_script(args[0]), *args[1:]], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """Runs a console script; fails the test with its output when it exits non-zero (or hangs)."""
+    result = waiting.run([console_script(args[0]), *args[1:]], env, cwd)
     if result.returncode != 0:
         pytest.fail(f"{' '.join(args)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -67,21 +70,9 @@ def folder_snapshot(folder: Path) -> dict[str, str]:
 
 def viewer_output_until_loaded(config: Path, env: dict[str, str], cwd: Path, port: int) -> str:
     """Starts `ns-viewer` on a run's config.yml and reads its output until it has loaded the checkpoint (or failed)."""
-    viewer = subprocess.Popen(
-        [console_script("ns-viewer"), "--load-config", str(config), "--viewer.websocket-port", str(port)],
-        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    seen: list[str] = []
-    try:
-        assert viewer.stdout is not None
-        for line in viewer.stdout:
-            seen.append(line)
-            if "Done loading checkpoint" in line or "Traceback" in line:
-                break
-    finally:
-        viewer.kill()
-        viewer.wait(timeout=30)
-    return "".join(seen)
+    command = [console_script("ns-viewer"), "--load-config", str(config), "--viewer.websocket-port", str(port)]
+    with waiting.running(command, env, cwd, merge_output=True) as viewer:
+        return waiting.Output(viewer).until_any(("Done loading checkpoint", "Traceback"), "ns-viewer loading")
 
 
 @pytest.fixture(scope="session")
@@ -181,3 +172,45 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     CLIPTokenizer(vocab=dict(vocab), merges=list(_learn_merges()), model_max_length=77).save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def left_behind() -> Iterator[Callable[[], list[psutil.Process]]]:
+    """The test process adopts every orphan of what it starts (Linux's child subreaper), so that any process
+    a batch leaves behind, a raylet, a Ray worker or an ns-train, stays findable: `left_behind()` lists them."""
+    from pds_nerfstudio.batch.stopping import become_subreaper
+
+    if not become_subreaper():
+        pytest.skip("needs Linux's PR_SET_CHILD_SUBREAPER")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+
+    def alive() -> list[psutil.Process]:
+        found = []
+        for process in psutil.Process().children(recursive=True):
+            try:
+                if process.pid in before:
+                    continue
+                if process.status() == psutil.STATUS_ZOMBIE:
+                    process.wait(timeout=0)  # an adopted orphan that exited: reaped here
+                    continue
+                found.append(process)
+            except psutil.Error:
+                continue
+        return found
+
+    try:
+        yield alive
+    finally:
+        for process in alive():
+            process.kill()
+        ctypes.CDLL(None).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off
+
+
+def described(processes: list[psutil.Process]) -> str:
+    lines = []
+    for process in processes:
+        try:
+            lines.append(f"{process.pid} {' '.join(process.cmdline())[:160]}")
+        except psutil.Error:
+            continue
+    return "\n".join(lines)

@@ -1,21 +1,25 @@
 """`pds-batch` on a local Ray of two workers with tiny edits: edits run, a failing one is reported while the
-others go on, finished edits are skipped, a killed worker's edit resumes from its last checkpoint, Ctrl-C
-stops cleanly, and bad edits files are refused in one line."""
+others go on, finished edits are skipped, a killed worker's edit resumes from its last checkpoint, Ctrl-C and
+SIGTERM stop it whatever Ray is doing (starting, queueing, running, frozen), and bad edits files are refused
+in one line. Every wait here is on an event (a status file, a line, an exit), guarded only against a hang
+(tests/waiting.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
-from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import Iterator
+from typing import Callable
 
+import psutil
 import pytest
+import torch
 import yaml
+
+import waiting
+from conftest import described
 
 pytest.importorskip("ray")
 
@@ -31,17 +35,8 @@ TINY = {
 }  # fmt: skip
 
 
-def _batch_command(path: Path) -> list[str]:
-    return [sys.executable, "-m", "pds_nerfstudio.cli.batch", str(path), "--local-cpus", "2"]
-
-
-def _batch(path: Path, env: dict[str, str], cwd: Path, timeout: float = 1800) -> subprocess.CompletedProcess:
-    """The timeouts here only catch a hang: on two cores loaded by other work, a tiny edit took 9 minutes from
-    the start of its Ray task (its ns-train wrote its run folder only after 5)."""
-    try:
-        return subprocess.run(_batch_command(path), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    finally:  # a timed-out batch leaves no edit running
-        _kill_processes_of(cwd / "runs")
+def _batch_command(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pds_nerfstudio.cli.batch", str(path), "--local-cpus", "2", *extra]
 
 
 def _edits_file(folder: Path, scene: Path, prior: Path, edits: list, **options) -> Path:
@@ -57,6 +52,23 @@ def _stages(reconstruction: int, pds: int, refinement: int) -> dict:
             "--pipeline.refinement-iterations": refinement}  # fmt: skip
 
 
+def _status(runs: Path, name: str) -> dict:
+    try:
+        return json.loads((runs / name / "pds" / "seed0.status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _process_groups(runs: Path, names: tuple[str, ...]) -> list[int]:
+    """The process groups of the named edits' ns-train, once every one has started ([] before)."""
+    groups = [_status(runs, name).get("process_group") for name in names]
+    return groups if all(groups) else []
+
+
+def _checkpoints(runs: Path, name: str, attempt: int = 1) -> list[Path]:
+    return sorted((runs / name / "pds" / f"seed0-{attempt}" / "nerfstudio_models").glob("step-*.ckpt"))
+
+
 def test_a_batch_runs_its_edits_reports_the_failing_one_and_skips_what_finished(
     tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -65,7 +77,7 @@ def test_a_batch_runs_its_edits_reports_the_failing_one_and_skips_what_finished(
              {"name": "broken", "scene": str(tiny_scene), "target": "a pink sphere",
               "options": {"--pipeline.guidance-scale": -1}}]  # fmt: skip
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(3, 2, 2))
-    first = _batch(path, user_env, tmp_path)
+    first = waiting.run(_batch_command(path), user_env, tmp_path)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]  # one edit failed
     assert "broken/seed0 FAILED" in first.stdout and "guidance scale must be a finite number > 0" in first.stdout
     summary = {row["edit"]: row for row in json.loads((tmp_path / "runs" / "batch_summary.json").read_text())}
@@ -78,88 +90,116 @@ def test_a_batch_runs_its_edits_reports_the_failing_one_and_skips_what_finished(
         assert summary[name]["measures"]["target_colour"] == colour and summary[name]["measures"]["views"] == 11
     assert (tmp_path / "runs" / "contact_sheet.png").is_file() and (tmp_path / "runs" / "batch_summary.md").is_file()
 
-    again = _batch(path, user_env, tmp_path)
+    again = waiting.run(_batch_command(path), user_env, tmp_path)
     assert "2 finished earlier, 1 to run" in again.stdout and again.returncode == 1
     assert not (tmp_path / "runs" / "blue" / "pds" / "seed0-2").exists()  # finished edits are not run again
 
 
-def _worker_status(path: Path, deadline: float, attempt: int = 1, checkpoint: bool = True) -> dict:
-    while time.monotonic() < deadline:
-        if path.is_file():
-            status = json.loads(path.read_text())
-            run = path.parent / f"seed0-{attempt}" / "nerfstudio_models"
-            if status.get("state") == "running" and (not checkpoint or list(run.glob("step-*.ckpt"))):
-                return status
-        time.sleep(0.5)
-    raise AssertionError(f"no running attempt {attempt} in time")
-
-
-def _processes_of(folder: Path) -> list[int]:
-    """Pids of processes whose command line names `folder` (the batch's ns-train runs)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                if str(folder) in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
-                    pids.append(int(proc.name))
-            except OSError:
-                pass
-    return pids
-
-
-@contextmanager
-def _running_batch(path: Path, env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen]:
-    """`pds-batch` in the background; whatever the test's outcome, nothing of it is left running afterwards."""
-    batch = subprocess.Popen(_batch_command(path), env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
-    try:
-        yield batch
-    finally:
-        if batch.poll() is None:
-            batch.kill()
-            batch.wait()
-        _kill_processes_of(cwd / "runs")
-
-
-def _kill_processes_of(folder: Path) -> None:
-    for pid in _processes_of(folder):
-        with suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-
-
 def test_a_killed_worker_has_its_edit_resumed_from_its_last_checkpoint(
-    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
-) -> None:
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
+    left_behind: Callable[[], list[psutil.Process]],
+) -> None:  # fmt: skip
     edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(60, 4, 2), **{"--steps-per-save": 5})
-    with _running_batch(path, user_env, tmp_path) as batch:
-        status_file = tmp_path / "runs" / "blue" / "pds" / "seed0.status.json"
-        status = _worker_status(status_file, time.monotonic() + 900)
-        first_run = tmp_path / "runs" / "blue" / "pds" / "seed0-1"
-        os.kill(status["pid"], signal.SIGKILL)  # the Ray worker dies mid-edit
-        output, _ = batch.communicate(timeout=1800)
-        assert batch.returncode == 0, output[-4000:]
-        (row,) = json.loads((tmp_path / "runs" / "batch_summary.json").read_text())
-        assert row["state"] == "done" and row["attempt"] == 2
-        assert row["resumed_from"] == str(first_run / "nerfstudio_models")  # not started over
-        log = Path(row["log"]).read_text()
-        assert "Resuming the edit at step" in log
-        assert not _processes_of(first_run)  # the killed worker's ns-train died with it
+    runs, first_run = tmp_path / "runs", tmp_path / "runs" / "blue" / "pds" / "seed0-1"
+    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
+        output = waiting.Output(batch)
+        waiting.wait_for(lambda: _checkpoints(runs, "blue"), batch, "a checkpoint of attempt 1")
+        edit = _status(runs, "blue")["process_group"]
+        os.killpg(edit, signal.SIGSTOP)  # held where it is: it cannot finish before its worker dies
+        assert int(_checkpoints(runs, "blue")[-1].stem.split("-")[1]) < 60 + 4 + 2 - 1
+        os.kill(_status(runs, "blue")["pid"], signal.SIGKILL)  # the Ray worker dies mid-edit
+        os.killpg(edit, signal.SIGCONT)  # its ns-train now acts on the parent-death signal
+        assert waiting.wait_exit(batch, "pds-batch") == 0, output.all()[-4000:]
+    (row,) = json.loads((runs / "batch_summary.json").read_text())
+    assert row["state"] == "done" and row["attempt"] == 2
+    assert row["resumed_from"] == str(first_run / "nerfstudio_models")  # not started over
+    assert "Resuming the edit at step" in Path(row["log"]).read_text()
+    assert not left_behind(), f"left running:\n{described(left_behind())}"  # the killed worker's ns-train died
 
 
-def test_ctrl_c_stops_the_batch_cleanly(tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path) -> None:
-    edits = [{"name": "long", "scene": str(tiny_scene), "target": "a blue sphere"}]
+def test_ctrl_c_stops_the_batch_cleanly(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
+    left_behind: Callable[[], list[psutil.Process]],
+) -> None:  # fmt: skip
+    """Two edits running on the two workers and one queued; the first has a checkpoint. A terminal's Ctrl-C
+    reaches the whole foreground process group: pds-batch, and Ray's GCS and raylet with it."""
+    edits = [
+        {"name": name, "scene": str(tiny_scene), "target": f"a {name} sphere"} for name in ("blue", "green", "pink")
+    ]
+    path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2), **{"--steps-per-save": 2})
+    runs = tmp_path / "runs"
+    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
+        output = waiting.Output(batch)
+        groups = waiting.wait_for(lambda: _process_groups(runs, ("blue", "green")), batch, "two running edits")
+        assert all(psutil.Process(group).nice() == psutil.Process(batch.pid).nice() for group in groups)  # not Ray's 15
+        waiting.wait_for(lambda: _checkpoints(runs, "blue"), batch, "a checkpoint of the first edit")
+        os.killpg(batch.pid, signal.SIGINT)
+        assert waiting.wait_exit(batch, "pds-batch after Ctrl-C") == 130, output.all()[-3000:]
+    text = output.all()
+    assert "stopping: the running edits" in text and "run the same command to resume" in text, text[-3000:]
+    assert not left_behind(), f"left running:\n{described(left_behind())}"  # no ns-train, raylet or worker
+    assert not (runs / "pink" / "pds" / "seed0-1").exists()  # the queued edit never started
+    kept = _checkpoints(runs, "blue")[-1]
+    assert torch.load(kept, map_location="cpu", weights_only=False)["step"] >= 1  # the last checkpoint is whole
+    summary = {row["edit"]: row["state"] for row in json.loads((runs / "batch_summary.json").read_text())}
+    assert summary == {"blue": "stopped", "green": "stopped", "pink": "stopped"}
+    resume = waiting.run(_batch_command(path, "--dry-run"), user_env, tmp_path)
+    assert f"--load-dir {kept.parent}" in resume.stdout  # the same command resumes from it
+
+
+def test_sigterm_stops_the_batch_cleanly(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
+    left_behind: Callable[[], list[psutil.Process]],
+) -> None:  # fmt: skip
+    """SIGTERM, as a job scheduler or `kill` sends it, to pds-batch alone."""
+    edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
-    with _running_batch(path, user_env, tmp_path) as batch:
-        _worker_status(tmp_path / "runs" / "long" / "pds" / "seed0.status.json", time.monotonic() + 900, checkpoint=False)
-        time.sleep(3)
+    runs = tmp_path / "runs"
+    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
+        output = waiting.Output(batch)
+        waiting.wait_for(lambda: _status(runs, "blue").get("process_group"), batch, "a running edit")
+        batch.send_signal(signal.SIGTERM)
+        assert waiting.wait_exit(batch, "pds-batch after SIGTERM") == 130, output.all()[-3000:]
+    assert "run the same command to resume" in output.all(), output.all()[-3000:]
+    assert not left_behind(), f"left running:\n{described(left_behind())}"
+
+
+def test_ctrl_c_while_ray_is_starting_stops_it(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
+    left_behind: Callable[[], list[psutil.Process]],
+) -> None:  # fmt: skip
+    edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
+    path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
+    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
+        output = waiting.Output(batch)
+        waiting.wait_for(lambda: [p for p in psutil.Process(batch.pid).children() if p.name() == "gcs_server"],
+                         batch, "Ray's GCS started")  # fmt: skip
         batch.send_signal(signal.SIGINT)
-        output, _ = batch.communicate(timeout=300)  # Ray's shutdown is slow on a loaded machine
-        assert batch.returncode == 130 and "run the same command to resume" in output, output[-3000:]
-        deadline = time.monotonic() + 60
-        while _processes_of(tmp_path / "runs") and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not _processes_of(tmp_path / "runs")  # no ns-train left running
+        assert waiting.wait_exit(batch, "pds-batch after the signal") == 130, output.all()[-3000:]
+    assert "run the same command to resume" in output.all() and "Traceback" not in output.all(), output.all()[-3000:]
+    assert not left_behind(), f"left running:\n{described(left_behind())}"
+
+
+def test_ctrl_c_with_ray_frozen_still_stops(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
+    left_behind: Callable[[], list[psutil.Process]],
+) -> None:  # fmt: skip
+    """Ray's GCS and raylet stopped (SIGSTOP) as if the machine had swapped them out: Ray's own calls would wait
+    on them; the batch still stops, and kills them."""
+    edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
+    path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
+    runs = tmp_path / "runs"
+    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
+        output = waiting.Output(batch)
+        waiting.wait_for(lambda: _status(runs, "blue").get("process_group"), batch, "a running edit")
+        for process in psutil.Process(batch.pid).children():
+            if process.name() in ("gcs_server", "raylet"):
+                process.suspend()
+        batch.send_signal(signal.SIGINT)
+        assert waiting.wait_exit(batch, "pds-batch after the signal") == 130, output.all()[-3000:]
+    assert "run the same command to resume" in output.all(), output.all()[-3000:]
+    assert not left_behind(), f"left running:\n{described(left_behind())}"
 
 
 @pytest.mark.parametrize(
@@ -183,7 +223,7 @@ def test_bad_edits_files_are_refused_in_one_line(
     if content is not None:
         text = content if isinstance(content, str) else yaml.safe_dump(content).replace("SCENE", str(tiny_scene))
         path.write_text(text)
-    result = _batch(path, user_env, tmp_path, timeout=120)
+    result = waiting.run(_batch_command(path), user_env, tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("pds-batch: error:") and message in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "batch_outputs").exists()
 
@@ -204,5 +244,5 @@ def test_a_toml_edits_file_with_list_options_reads_as_the_yaml_one(tiny_scene: P
 def test_without_ray_the_command_says_how_to_install_it(tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path) -> None:
     path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, [{"scene": str(tiny_scene), "target": "a blue sphere"}])
     code = f"import sys; sys.modules['ray'] = None; from pds_nerfstudio.cli.batch import main; sys.exit(main([{str(path)!r}]))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    result = waiting.run([sys.executable, "-c", code], cwd=tmp_path)
     assert result.returncode == 2 and "pip install -e '.[cluster]'" in result.stderr

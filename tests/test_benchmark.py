@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+import waiting
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _benchmark(args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
-    result = subprocess.run(
+    result = waiting.run(
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--iterations", "1", "--warmup", "0", "--device", "cpu",
-         *args, *([] if "--resolutions" in args else ["--resolutions", "16"])],
-        env=env, cwd=cwd, capture_output=True, text=True, timeout=600,
+         *args, *([] if "--resolutions" in args else ["--resolutions", "16"])], env, cwd,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     lines = result.stdout.splitlines()
@@ -70,9 +70,9 @@ def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(
 
 
 def test_offline_benchmark_refuses_a_folder_without_wheels(tmp_path: Path) -> None:
-    result = subprocess.run(
+    result = waiting.run(
         ["bash", str(REPO / "scripts" / "offline_benchmark.sh"), str(tmp_path / "missing")],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "PDS_SITE": str(tmp_path / "site")},
+        cwd=REPO, env={"PATH": "/usr/bin:/bin", "PDS_SITE": str(tmp_path / "site")},
     )  # fmt: skip
     assert result.returncode == 2 and "no wheels in" in result.stderr and result.stdout == ""
     assert not (tmp_path / "site").exists()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import waiting
 import torch
 
 from pds_nerfstudio import compat
@@ -37,6 +38,8 @@ def test_ffmpeg_shim_puts_imageio_ffmpeg_on_path(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     found = compat.ensure_ffmpeg_on_path()
     assert found == str(tmp_path / "cache" / "pds_nerfstudio" / "bin" / "ffmpeg")
-    version = subprocess.run([found, "-version"], capture_output=True, text=True, check=True).stdout
+    result = waiting.run([found, "-version"])
+    assert result.returncode == 0, result.stderr
+    version = result.stdout
     assert version.startswith("ffmpeg version")
     assert compat.ensure_ffmpeg_on_path() == found  # idempotent: now found on PATH

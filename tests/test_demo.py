@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+import waiting
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,10 +74,8 @@ def test_render_command_is_ns_render_interpolate_of_the_run(demo: ModuleType, tm
 
 def test_dry_run_prints_the_commands_and_runs_nothing(user_env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "demo_outputs"
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py"), "--dry-run", "--output-root", str(out)],
-        env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    result = waiting.run([sys.executable, str(REPO / "scripts" / "demo.py"), "--dry-run", "--output-root", str(out)],
+                         user_env, tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     commands = [line[2:] for line in result.stdout.splitlines() if line.startswith("$ ")]
     assert len(commands) == 3, result.stdout
@@ -88,7 +87,8 @@ def test_dry_run_prints_the_commands_and_runs_nothing(user_env: dict[str, str], 
 
 def test_scene_command_makes_the_procedural_scene(demo: ModuleType, tmp_path: Path) -> None:
     layout = demo.Layout(tmp_path / "out")
-    subprocess.run(demo.scene_command(layout), check=True, capture_output=True, timeout=120)
+    made = waiting.run(demo.scene_command(layout))
+    assert made.returncode == 0, made.stderr[-3000:]
     transforms = json.loads((layout.scene / "transforms.json").read_text())
     assert len(transforms["frames"]) == demo.NUM_VIEWS
     assert (transforms["w"], transforms["h"]) == (demo.SCENE_SIZE, demo.SCENE_SIZE)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import waiting
 from conftest import folder_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,7 +19,7 @@ SMALL = ["--pipeline.datamanager.train-num-rays-per-batch", "256", "--pipeline.m
 def _edit_check(out: Path, scene: Path, prior: Path, env: dict[str, str], *options: str) -> subprocess.CompletedProcess:
     command = [sys.executable, str(REPO / "scripts" / "edit_check.py"), str(out), "--scene", str(scene),
                "--prior", str(prior), "--iterations", "6", "3", "6", "--options", *SMALL, *options]  # fmt: skip
-    return subprocess.run(command, env=env, cwd=out.parent, capture_output=True, text=True, timeout=1800)
+    return waiting.run(command, env, out.parent)
 
 
 def _rows(report: str) -> dict[str, list[str]]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import waiting
 import torch
 from PIL import Image
 
@@ -65,7 +67,7 @@ def edited(tmp_path_factory: pytest.TempPathFactory, input_png: Path, prior_dir:
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([COMMAND, *args], env=env, capture_output=True, text=True, timeout=120)
+    return waiting.run([COMMAND, *args], env)
 
 
 # ---------------------------------------------------------------- end to end

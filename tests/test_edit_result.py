@@ -28,7 +28,7 @@ def test_a_short_edit_reaches_the_target_colour_after_stage_2_and_keeps_the_back
              "--pipeline.refinement-iterations", str(REFINEMENT), "--pipeline.change-view-every", "5",
              "--pipeline.render-scale", "0.5", "--pipeline.seed", "0", "--machine.seed", "0",
              "--steps-per-save", "100000", "--vis", "tensorboard", *edit_schedule_options(PDS),
-             *NO_EVALUATION_OPTIONS, *CPU_NERFACTO_OPTIONS], env, cwd=tmp_path, timeout=900)  # fmt: skip
+             *NO_EVALUATION_OPTIONS, *CPU_NERFACTO_OPTIONS], env, cwd=tmp_path)  # fmt: skip
     renders = tmp_path / "runs" / "scene" / "pds" / "edit" / "renders"
     truth = load_scene_truth(scene)
     stage1 = measure_stage_renders(renders / "pds", renders / "reconstruction", truth)

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import waiting
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "fidelity.py"
 
 
-def _fidelity(args: list[str], env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout
-    )
+def _fidelity(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return waiting.run([sys.executable, str(SCRIPT), *args], env, REPO)
 
 
 TINY = ["--size", "32", "--num-views", "8", "--reconstruction-iterations", "20", "--pds-iterations", "3",
@@ -56,16 +56,16 @@ def test_fidelity_runs_every_method_and_pds_on_splats_through_both_stages_and_re
     grid = Image.open(out / "side_by_side.png")
     assert grid.size == (150 + 11 * 64, 14 + 64)  # scene, both sources, then each run after stages 1 and 2
     picture = tmp_path / "edits.png"  # the README's picture: scene, PDS on a NeRF, PDS on splats
-    drawn = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_picture.py"), str(out), str(picture),
-                            "--seed", "3", "--view", "0"], capture_output=True, text=True)  # fmt: skip
+    drawn = waiting.run([sys.executable, str(REPO / "scripts" / "readme_picture.py"), str(out), str(picture),
+                         "--seed", "3", "--view", "0"])  # fmt: skip
     assert drawn.returncode == 0, drawn.stderr
     pixels = np.asarray(Image.open(picture).convert("RGB"))
     assert pixels.shape == (64 + 28, 3 * 64, 3)
     renders = np.load(out / "green-cube_to_pink" / "seed3" / "renders.npz")
     for tile, key in enumerate(("scene", "pds/refinement", "pds-splat/refinement")):
         assert np.array_equal(pixels[14 : 14 + 64 : 2, tile * 64 : (tile + 1) * 64 : 2], renders[key][0])
-    none = subprocess.run([sys.executable, str(REPO / "scripts" / "readme_picture.py"), str(out), str(picture),
-                           "--seed", "0"], capture_output=True, text=True)  # fmt: skip
+    none = waiting.run([sys.executable, str(REPO / "scripts" / "readme_picture.py"), str(out), str(picture),
+                        "--seed", "0"])  # fmt: skip
     assert none.returncode == 2 and none.stderr.startswith("readme_picture: error:") and "seed 0" in none.stderr
     runs = out / "green-cube_to_pink" / "seed3" / "runs" / "scene"
     for method in ("pds", "sds", "dds"):
@@ -82,12 +82,12 @@ def test_fidelity_runs_every_method_and_pds_on_splats_through_both_stages_and_re
 
 
 def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str, str], tmp_path: Path) -> None:
-    result = _fidelity([str(tmp_path / "out"), "--dry-run", "--methods", "pds"], user_env, timeout=120)
+    result = _fidelity([str(tmp_path / "out"), "--dry-run", "--methods", "pds"], user_env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("$ ns-train pds-nerfacto") == 16  # the full matrix: 8 edits x 2 seeds
     assert result.stdout.count("$ ns-train pds-splatfacto") == 16 and result.stdout.count("$ ns-train pds-splat ") == 16
     assert "--pipeline.method pds" in result.stdout and "--pipeline.refinement-iterations 210" in result.stdout
-    quick = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "quick"], user_env, timeout=120)
+    quick = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "quick"], user_env)
     assert quick.stdout.count("$ ns-train pds-nerfacto") == 2 and quick.stdout.count("--pipeline.method") == 8
     assert not (tmp_path / "out").exists()
 
@@ -105,12 +105,12 @@ def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str
     ],
 )
 def test_fidelity_refuses_bad_input(user_env: dict[str, str], tmp_path: Path, args: list[str], message: str) -> None:
-    result = _fidelity([str(tmp_path / "out"), *args], user_env, timeout=120)
+    result = _fidelity([str(tmp_path / "out"), *args], user_env)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_fidelity_never_writes_into_a_used_folder(user_env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "mine.txt").write_text("keep")
-    result = _fidelity([str(tmp_path)], user_env, timeout=120)
+    result = _fidelity([str(tmp_path)], user_env)
     assert result.returncode == 2 and "is not empty" in result.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]

@@ -6,13 +6,14 @@ import json
 import math
 import os
 import runpy
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import waiting
 import torch
 from PIL import Image
 from safetensors.torch import load_file
@@ -76,7 +77,7 @@ def test_prior_loads_offline_as_pipeline_and_as_components(prior_dir: Path) -> N
         """
     )
     env = _env(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    result = waiting.run([sys.executable, "-c", code], env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "loaded StableDiffusionPipeline" in result.stdout
 
@@ -310,11 +311,11 @@ def test_bad_object_names(tmp_path: Path, name: str, bad: str) -> None:
 def test_make_scene_cli_refuses_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
     command = [sys.executable, str(REPO / "scripts" / "make_scene.py"), str(tmp_path), "--num-views", "2"]
-    refused = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=60)
+    refused = waiting.run(command, _env())
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "not empty" in refused.stderr and "Traceback" not in refused.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
-    written = subprocess.run([*command, "--overwrite"], env=_env(), capture_output=True, text=True, timeout=60)
+    written = waiting.run([*command, "--overwrite"], _env())
     assert written.returncode == 0, written.stderr
     assert "wrote 2 views" in written.stdout and (tmp_path / "notes.txt").read_text() == "keep me"
     assert len(list((tmp_path / "images").iterdir())) == 2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import waiting
 from conftest import console_script, folder_snapshot, run_cli
 from test_ns_commands import TINY_NERFACTO, pds_args
 
@@ -77,8 +78,7 @@ def test_the_edit_runs_with_the_lora_and_keeps_it_out_of_its_checkpoints(
 
 
 def _ns_train(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([console_script("ns-train"), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+    return waiting.run([console_script("ns-train"), *args], env, cwd)
 
 
 def test_a_missing_or_foreign_lora_is_refused_before_anything_loads(
@@ -112,8 +112,8 @@ def test_pds_personalize_refuses_bad_input_in_one_line(
     options = {"--data": str(scene), "--instance-prompt": INSTANCE, "--output": str(tmp_path / "out"),
                "--prior.model-id": str(embedded_toy_prior_dir())}  # fmt: skip
     options.update({key: str(occupied) if value == "OCCUPIED" else value for key, value in change.items()})
-    result = subprocess.run([console_script("pds-personalize"), *[x for item in options.items() for x in item]],
-                            env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    result = waiting.run([console_script("pds-personalize"), *[x for item in options.items() for x in item]],
+                         user_env, tmp_path)  # fmt: skip
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("pds-personalize: error:") and message in result.stderr
     assert (occupied / "mine.txt").read_text() == "keep" and not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import waiting
 from conftest import console_script, tiny_pds_config
 
 from pds_nerfstudio.edit.stages import Stage
@@ -64,9 +65,7 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_usable(
 
 def _ns_train_pds(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     prompts = ["--pipeline.source-prompt", "a red sphere", "--pipeline.target-prompt", "a blue sphere"]
-    return subprocess.run(
-        [console_script("ns-train"), "pds", *prompts, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    return waiting.run([console_script("ns-train"), "pds", *prompts, *args], env, cwd)
 
 
 def test_cli_refuses_a_run_folder_in_use_and_an_incompatible_checkpoint(

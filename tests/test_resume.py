@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import torch
+import waiting
 from conftest import console_script, run_cli, tiny_pds_config
 
 from pds_nerfstudio import compat
@@ -52,17 +52,10 @@ def test_sigkill_mid_refinement_then_load_dir_resumes_in_stage_2(
         *TINY_NERFACTO, *pds_args(tiny_prior_dir, 2, 2, 60), "--pipeline.sdedit-every", "3",
     ]  # fmt: skip
     models = tmp_path / tiny_scene.name / "pds" / "killed" / "nerfstudio_models"
-    process = subprocess.Popen(
-        [console_script(args[0]), *args[1:], "--timestamp", "killed"],
-        env=user_env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 400
-        while not (models / "step-000000016.ckpt").exists():
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline, "no checkpoint in stage 2 in time"
-            time.sleep(0.2)
-    finally:
+    with waiting.running([console_script(args[0]), *args[1:], "--timestamp", "killed"], user_env, tmp_path,
+                         merge_output=True) as process:  # fmt: skip
+        waiting.Output(process)  # its output is read (and dropped), so a full pipe never blocks it
+        waiting.wait_for(lambda: (models / "step-000000016.ckpt").exists(), process, "a checkpoint in stage 2")
         process.send_signal(signal.SIGKILL)
         process.wait()
     last = max(int(p.stem.split("-")[1]) for p in models.glob("step-*.ckpt"))
@@ -89,10 +82,9 @@ def test_a_finished_edit_says_so_and_other_stage_lengths_are_refused(
     models = tmp_path / tiny_scene.name / "pds" / "first" / "nerfstudio_models"
 
     def resume(timestamp: str, lengths: tuple[int, int, int]) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return waiting.run(
             [console_script("ns-train"), *base[1:], *pds_args(tiny_prior_dir, *lengths), "--timestamp", timestamp,
-             "--load-dir", str(models)],
-            env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+             "--load-dir", str(models)], user_env, tmp_path,
         )  # fmt: skip
 
     finished = resume("again", (3, 2, 2))

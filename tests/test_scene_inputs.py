@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Tuple
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import waiting
 from conftest import folder_snapshot
 from PIL import Image
 
@@ -364,9 +364,7 @@ def test_ns_train_pds_on_a_missing_folder_fails_in_one_line(tmp_path: Path) -> N
         "--pipeline.target-prompt",
         "b",
     ]
-    result = subprocess.run(
-        command, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300
-    )
+    result = waiting.run(command, {**os.environ, "HF_HUB_OFFLINE": "1"}, tmp_path)
     assert result.returncode != 0
     assert "Traceback" not in result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1] == (

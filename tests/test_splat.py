@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import waiting
 from conftest import console_script, run_cli, viewer_output_until_loaded
 
 from pds_nerfstudio import compat
@@ -112,10 +112,9 @@ def test_a_nerfacto_checkpoint_cannot_start_a_splat_edit(
 ) -> None:
     foreign = tmp_path / "nerfacto.ckpt"
     torch.save({"step": 3, "pipeline": {"_model.field.mlp_base.params": torch.zeros(3)}}, foreign)
-    result = subprocess.run(
+    result = waiting.run(
         [console_script("ns-train"), "pds-splat", "--data", str(splat_scene), "--output-dir", str(tmp_path),
-         "--load-checkpoint", str(foreign), *SPLAT_OPTIONS, *_edit_args(tiny_prior_dir, (3, 2, 2))],
-        env=user_env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+         "--load-checkpoint", str(foreign), *SPLAT_OPTIONS, *_edit_args(tiny_prior_dir, (3, 2, 2))], user_env, tmp_path,
     )  # fmt: skip
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "not a splatfacto scene checkpoint" in result.stderr.strip().splitlines()[-1]

@@ -15,12 +15,12 @@ format is in `pds_nerfstudio/batch/plan.py` and docs/batch.md. Ray is an optiona
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, NoReturn, Optional, Sequence
 
 PROG = "pds-batch"
 
@@ -68,39 +68,56 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{job.key}: {shlex.join(job.command(len(job.attempts()) + 1, load))}")
         return 0
     if todo:
-        try:
-            from pds_nerfstudio.batch.runner import BatchOptions, start_ray, submit
+        refused = _run(args, todo, jobs, output, results)
+        if refused is not None:
+            return refused
+    return 1 if _report(output, jobs, results) else 0
 
-            ray = start_ray(BatchOptions(args.address, args.local_cpus, args.cpus_per_edit, args.gpus_per_edit,
-                                         args.max_retries))  # fmt: skip
+
+def _run(args: argparse.Namespace, todo: List[Any], jobs: List[Any], output: Path,
+         results: Dict[str, Dict[str, Any]]) -> Optional[int]:  # fmt: skip
+    """Runs the edits to do on Ray (an exit status where it cannot); a stop signal, from Ray's start to its
+    shutdown, ends in `_stop`."""
+    from pds_nerfstudio.batch.runner import BatchOptions, start_ray, stop_marker, stop_ray, submit
+    from pds_nerfstudio.batch.stopping import StopGuard, stop_descendants
+
+    guard = StopGuard(PROG).install()  # before Ray starts: a Ctrl-C while it starts stops the batch too
+    stop_marker(output).unlink(missing_ok=True)
+    options = BatchOptions(args.address, args.local_cpus, args.cpus_per_edit, args.gpus_per_edit, args.max_retries)
+    started, pending = time.time(), {}
+    try:
+        try:
+            ray = start_ray(options)
         except ImportError as error:
             return _fail(str(error), 2)
-        try:
-            _wait(ray, submit(ray, todo, BatchOptions(max_retries=args.max_retries, cpus_per_edit=args.cpus_per_edit,
-                                                      gpus_per_edit=args.gpus_per_edit)), results)  # fmt: skip
-        except KeyboardInterrupt:
-            _report(output, jobs, results)
-            print(f"{PROG}: stopped; run the same command to resume (finished edits are skipped, the others resume "
-                  "from their last checkpoint)", file=sys.stderr)  # fmt: skip
-            return 130
-        finally:
-            ray.shutdown()
-    failed = _report(output, jobs, results)
-    return 1 if failed else 0
+        guard.arm()
+        pending = submit(ray, todo, options)
+        _wait(ray, pending, results)
+        if not stop_ray(ray, []):
+            guard.say("note: Ray did not shut down in time; its processes were stopped")
+            stop_descendants(grace_s=2.0)
+            guard.exit(1 if _report(output, jobs, results) else 0)  # not through Ray's atexit shutdown again
+        return None
+    except KeyboardInterrupt:
+        _stop(guard, pending, todo, started, output, jobs, results)
+    except SystemExit as exiting:  # `ray.init` sets a SIGTERM handler of its own: `sys.exit(signum)`
+        if exiting.code != signal.SIGTERM and guard.seen is None:
+            raise
+        _stop(guard, pending, todo, started, output, jobs, results)
 
 
 def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> None:
-    """Waits for every task, showing done, running, failed and an ETA; on Ctrl-C cancels what is left."""
+    """Waits for every task, showing done, running, failed and an ETA; `pending` keeps the tasks not yet done."""
     from rich.live import Live
     from rich.table import Table
 
-    from pds_nerfstudio.batch.runner import status_path
+    from pds_nerfstudio.batch.runner import read_status
 
     started, total = time.time(), len(pending)
     finished_seconds: List[float] = []
 
     def view() -> Table:
-        running = [job for job in pending.values() if _state(status_path(job)) == "running"]
+        running = [job for job in pending.values() if read_status(job).get("state") == "running"]
         done = sum(r["state"] == "done" for r in results.values() if "seconds" in r)
         failed = sum(r["state"] == "failed" for r in results.values())
         left = total - done - failed
@@ -113,34 +130,48 @@ def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> N
         for column in ("edit", "seed", "status"):
             table.add_column(column)
         for job in list(pending.values())[:20]:
-            table.add_row(job.name, str(job.seed), _state(status_path(job)) or "queued")
+            table.add_row(job.name, str(job.seed), read_status(job).get("state") or "queued")
         return table
 
-    try:
-        with Live(view(), refresh_per_second=1, transient=True) as live:
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
-                for ref in ready:
-                    job = pending.pop(ref)
-                    try:
-                        results[job.key] = ray.get(ref)
-                    except Exception as error:  # noqa: BLE001 - a task that kept dying: reported, the batch goes on
-                        results[job.key] = {"state": "failed", "error": " ".join(str(error).split())[:300]}
-                    if results[job.key].get("state") == "done":
-                        finished_seconds.append(results[job.key]["seconds"])
-                    _announce(job, results[job.key])
-                live.update(view())
-    except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
+    with Live(view(), refresh_per_second=1, transient=True) as live:
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                job = pending.pop(ref)
+                try:
+                    results[job.key] = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - a task that kept dying: reported, the batch goes on
+                    results[job.key] = {"state": "failed", "error": " ".join(str(error).split())[:300]}
+                if results[job.key].get("state") == "done":
+                    finished_seconds.append(results[job.key]["seconds"])
+                _announce(job, results[job.key])
+            live.update(view())
 
 
-def _state(path: Path) -> Optional[str]:
+def _stop(guard, pending: Dict[Any, Any], todo, started: float, output: Path, jobs,
+          results: Dict[str, Dict[str, Any]]) -> NoReturn:  # fmt: skip
+    """Ctrl-C or SIGTERM: the running edits' ns-train first (their checkpoints stay), then Ray, then anything
+    the batch started that is still alive; the report; exit 130. The guard forces the exit if this takes too
+    long, or at a second Ctrl-C. Ray may be anywhere: starting, queueing tasks, running them, shutting down."""
+    from pds_nerfstudio.batch.runner import stop_local_edits, stop_marker, stop_ray
+    from pds_nerfstudio.batch.stopping import RESUME_HINT, stop_descendants
+
+    guard.say("stopping: the running edits, then Ray (Ctrl-C again to force)")
+    output.mkdir(parents=True, exist_ok=True)
+    stop_marker(output).touch()  # first: a queued edit that gets a worker freed by the steps below starts nothing
+    stop_local_edits(todo, since=started)
+    ray = sys.modules.get("ray")  # imported, perhaps not yet initialised
+    if ray is not None and hasattr(ray, "shutdown"):
+        stop_ray(ray, pending)
+    stop_descendants(grace_s=2.0)
+    for job in todo:
+        results.setdefault(job.key, {"state": "stopped", "note": "stopped; resumes from its last checkpoint"})
     try:
-        return json.loads(path.read_text()).get("state")
-    except (OSError, ValueError):
-        return None
+        _report(output, jobs, results)
+    except Exception as error:  # noqa: BLE001 - the report is a courtesy here; the stop must not fail on it
+        guard.say(f"note: no report written ({' '.join(str(error).split())[:200]})")
+    guard.say(f"stopped; {RESUME_HINT}")
+    guard.exit()
 
 
 def _announce(job, result: Dict[str, Any]) -> None:

@@ -1,0 +1,190 @@
+"""Stopping `pds-batch` in bounded time, by design, whatever Ray is doing.
+
+The first SIGINT (Ctrl-C) or SIGTERM raises `StopRequested` in the main thread, which stops the batch in
+order (`cli/batch.py`): the running edits' `ns-train` process groups, then Ray with a bounded wait, then every
+process the batch started that is still alive. None of those steps may wait for long, and none has to:
+
+- A watcher thread is woken by the signal itself, through `signal.set_wakeup_fd` (written by CPython's C-level
+  handler even while the main thread sits in Ray's C++ code, where Python-level handlers cannot run). It
+  forces the exit `bound_s` after the first signal, and at once on a second one.
+- The batch is a child subreaper (Linux `PR_SET_CHILD_SUBREAPER`): a process orphaned by a dead Ray worker or
+  raylet is re-parented to the batch, not to init, so the final sweep of the batch's descendants finds it.
+- The stop path leaves with `os._exit`, so that no atexit hook (Ray registers `ray.shutdown`) can wait again.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Iterable, List, NoReturn, Optional
+
+import psutil
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOPPED_EXIT_STATUS = 130
+"""128 + SIGINT, the shell's status for a command stopped by Ctrl-C (for SIGTERM too: the batch stopped)."""
+STOP_BOUND_S = 25.0
+"""Seconds from the first signal to the forced exit (the orderly stop's own waits add up to less)."""
+RESUME_HINT = ("run the same command to resume (finished edits are skipped, the others resume from their last "
+               "checkpoint)")  # fmt: skip
+
+
+class StopRequested(KeyboardInterrupt):
+    """SIGINT or SIGTERM reached the batch: stop the edits, keep their checkpoints."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants are re-parented to this process (Linux >= 3.4); False where that is not possible."""
+    if not sys.platform.startswith("linux"):
+        return False
+    PR_SET_CHILD_SUBREAPER = 36
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+
+
+def _alive(processes: Iterable[psutil.Process]) -> List[psutil.Process]:
+    """Those not gone; a zombie child is reaped here (it has exited: only its exit status was left)."""
+    alive = []
+    for process in processes:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                process.wait(timeout=0)
+                continue
+            alive.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return alive
+
+
+def stop_processes(processes: Iterable[psutil.Process], grace_s: float) -> None:
+    """SIGTERM, then SIGKILL to those still alive after `grace_s`; returns when they are gone (or unkillable)."""
+    processes = _alive(processes)
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.Error:
+            pass
+    _, left = psutil.wait_procs(processes, timeout=grace_s)
+    for process in _alive(left):
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(_alive(left), timeout=2.0)
+
+
+def process_group(pgid: int) -> List[psutil.Process]:
+    """The live processes of a process group (an edit's `ns-train` and whatever it started)."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid:
+                members.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return _alive(members)
+
+
+def stop_descendants(grace_s: float) -> None:
+    """Stops every process this one started, directly or not (with the subreaper, orphans included)."""
+    try:
+        stop_processes(psutil.Process().children(recursive=True), grace_s)
+    except psutil.Error:
+        pass
+
+
+def run_bounded(work: Callable[[], object], timeout_s: float) -> bool:
+    """Runs `work` in a daemon thread; True if it returned within `timeout_s` (else it is left behind)."""
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            work()
+        except Exception:  # noqa: BLE001 - a failed step of the stop is a step done; the sweep follows
+            pass
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, daemon=True, name="pds-batch-stop-step").start()
+    return finished.wait(timeout_s)
+
+
+class StopGuard:
+    """Turns the first SIGINT/SIGTERM into `StopRequested`, and guarantees the exit: `bound_s` after it, or at
+    a second signal, every descendant is killed and the process exits with status 130."""
+
+    def __init__(self, prog: str, bound_s: float = STOP_BOUND_S) -> None:
+        self.prog = prog
+        self.bound_s = bound_s
+        self.requested: Optional[int] = None
+        """The first stop signal received (None: none yet)."""
+        self.seen: Optional[int] = None
+        """The first stop signal the watcher saw: set even where another handler took it (`ray.init`'s)."""
+        self._first_at: Optional[float] = None
+        self._wakeup_read = -1
+
+    def install(self) -> "StopGuard":
+        """Call in the main thread before anything slow starts (Ray included)."""
+        become_subreaper()
+        self._wakeup_read, wakeup_write = os.pipe()
+        os.set_blocking(wakeup_write, False)
+        signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
+        self.arm()
+        threading.Thread(target=self._watch, daemon=True, name="pds-batch-stop-watch").start()
+        return self
+
+    def arm(self) -> None:
+        """(Re)installs the handlers: `ray.init` replaces the SIGTERM handler with its own `sys.exit`."""
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested is None:
+            self.requested = signum
+            raise StopRequested(signum)
+        # A later signal: the watcher thread has seen it too and forces the exit.
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                data = os.read(self._wakeup_read, 64)
+            except InterruptedError:
+                continue
+            for signum in data:
+                if signum not in STOP_SIGNALS:
+                    continue
+                if self._first_at is None:
+                    self._first_at = time.monotonic()
+                    self.seen = signum
+                    threading.Thread(target=self._deadline, daemon=True, name="pds-batch-stop-deadline").start()
+                else:
+                    self.force(f"{signal.Signals(signum).name} again")
+
+    def _deadline(self) -> None:
+        time.sleep(self.bound_s)
+        self.force(f"not stopped {self.bound_s:.0f} s after the first signal")
+
+    def say(self, message: str) -> None:
+        print(f"{self.prog}: {message}", file=sys.stderr, flush=True)
+
+    def force(self, why: str) -> NoReturn:
+        """Kills every descendant and exits 130 now, from any thread."""
+        stop_descendants(grace_s=0.0)
+        self.say(f"{why}: forced the exit; {RESUME_HINT}")
+        self.exit()
+
+    def exit(self, status: int = STOPPED_EXIT_STATUS) -> NoReturn:
+        """Exits now, without running atexit hooks (Ray's `ray.shutdown` among them, which could wait again)."""
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(status)
