@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 import subprocess
@@ -178,32 +177,21 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def left_behind() -> Iterator[Callable[[], list[psutil.Process]]]:
     """The test process adopts every orphan of what it starts (Linux's child subreaper), so that any process
     a batch leaves behind, a raylet, a Ray worker or an ns-train, stays findable: `left_behind()` lists them."""
-    from pds_nerfstudio.batch.stopping import become_subreaper
+    from pds_nerfstudio.batch.stopping import alive, become_subreaper
 
     if not become_subreaper():
         pytest.skip("needs Linux's PR_SET_CHILD_SUBREAPER")
     before = {p.pid for p in psutil.Process().children(recursive=True)}
 
-    def alive() -> list[psutil.Process]:
-        found = []
-        for process in psutil.Process().children(recursive=True):
-            try:
-                if process.pid in before:
-                    continue
-                if process.status() == psutil.STATUS_ZOMBIE:
-                    process.wait(timeout=0)  # an adopted orphan that exited: reaped here
-                    continue
-                found.append(process)
-            except psutil.Error:
-                continue
-        return found
+    def started_since() -> list[psutil.Process]:
+        return alive(p for p in psutil.Process().children(recursive=True) if p.pid not in before)
 
     try:
-        yield alive
+        yield started_since
     finally:
-        for process in alive():
+        for process in started_since():
             process.kill()
-        ctypes.CDLL(None).prctl(36, 0, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER off
+        become_subreaper(on=False)
 
 
 def described(processes: list[psutil.Process]) -> str:

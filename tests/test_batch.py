@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -148,57 +149,55 @@ def test_ctrl_c_stops_the_batch_cleanly(
     assert f"--load-dir {kept.parent}" in resume.stdout  # the same command resumes from it
 
 
-def test_sigterm_stops_the_batch_cleanly(
-    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
-    left_behind: Callable[[], list[psutil.Process]],
-) -> None:  # fmt: skip
-    """SIGTERM, as a job scheduler or `kill` sends it, to pds-batch alone."""
-    edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
-    path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
-    runs = tmp_path / "runs"
-    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
+def _stop_a_long_edit(
+    folder: Path, scene: Path, prior: Path, env: dict[str, str], ready: Callable[[subprocess.Popen, Path], object],
+    signum: int, before_signal: Callable[[subprocess.Popen], None],
+) -> str:  # fmt: skip
+    """One edit that would run for ever; once `ready(batch, runs)`, `before_signal(batch)`, then `signum` to
+    pds-batch alone. Returns its output, having checked that it exited 130 and said how to resume."""
+    edits = [{"name": "blue", "scene": str(scene), "target": "a blue sphere"}]
+    path = _edits_file(folder, scene, prior, edits, **_stages(100000, 2, 2))
+    with waiting.running(_batch_command(path), env, folder, merge_output=True) as batch:
         output = waiting.Output(batch)
-        waiting.wait_for(lambda: _status(runs, "blue").get("process_group"), batch, "a running edit")
-        batch.send_signal(signal.SIGTERM)
-        assert waiting.wait_exit(batch, "pds-batch after SIGTERM") == 130, output.all()[-3000:]
-    assert "run the same command to resume" in output.all(), output.all()[-3000:]
-    assert not left_behind(), f"left running:\n{described(left_behind())}"
-
-
-def test_ctrl_c_while_ray_is_starting_stops_it(
-    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
-    left_behind: Callable[[], list[psutil.Process]],
-) -> None:  # fmt: skip
-    edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
-    path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
-    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
-        output = waiting.Output(batch)
-        waiting.wait_for(lambda: [p for p in psutil.Process(batch.pid).children() if p.name() == "gcs_server"],
-                         batch, "Ray's GCS started")  # fmt: skip
-        batch.send_signal(signal.SIGINT)
+        waiting.wait_for(lambda: ready(batch, folder / "runs"), batch, "the moment to signal")
+        before_signal(batch)
+        batch.send_signal(signum)
         assert waiting.wait_exit(batch, "pds-batch after the signal") == 130, output.all()[-3000:]
-    assert "run the same command to resume" in output.all() and "Traceback" not in output.all(), output.all()[-3000:]
-    assert not left_behind(), f"left running:\n{described(left_behind())}"
+    text = output.all()
+    assert "run the same command to resume" in text and "Traceback" not in text, text[-3000:]
+    return text
 
 
-def test_ctrl_c_with_ray_frozen_still_stops(
-    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path,
-    left_behind: Callable[[], list[psutil.Process]],
+def _edit_started(batch: subprocess.Popen, runs: Path) -> object:
+    return _status(runs, "blue").get("process_group")
+
+
+def _ray_starting(batch: subprocess.Popen, runs: Path) -> object:
+    return [p for p in psutil.Process(batch.pid).children() if p.name() == "gcs_server"]
+
+
+def _freeze_ray(batch: subprocess.Popen) -> None:
+    """Ray's GCS and raylet stopped (SIGSTOP), as if the machine had swapped them out: Ray's own calls would
+    wait on them."""
+    for process in psutil.Process(batch.pid).children():
+        if process.name() in ("gcs_server", "raylet"):
+            process.suspend()
+
+
+@pytest.mark.parametrize(
+    ("ready", "signum", "before_signal"),
+    [
+        (_edit_started, signal.SIGTERM, lambda batch: None),  # as a job scheduler or `kill` sends it
+        (_ray_starting, signal.SIGINT, lambda batch: None),  # Ctrl-C while the local Ray is still starting
+        (_edit_started, signal.SIGINT, _freeze_ray),  # Ctrl-C while Ray does not answer
+    ],
+    ids=["SIGTERM while an edit runs", "SIGINT while Ray starts", "SIGINT with Ray frozen"],
+)  # fmt: skip
+def test_the_batch_stops_cleanly_whatever_ray_is_doing(
+    ready: Callable, signum: int, before_signal: Callable, tiny_scene: Path, tiny_prior_dir: Path,
+    user_env: dict[str, str], tmp_path: Path, left_behind: Callable[[], list[psutil.Process]],
 ) -> None:  # fmt: skip
-    """Ray's GCS and raylet stopped (SIGSTOP) as if the machine had swapped them out: Ray's own calls would wait
-    on them; the batch still stops, and kills them."""
-    edits = [{"name": "blue", "scene": str(tiny_scene), "target": "a blue sphere"}]
-    path = _edits_file(tmp_path, tiny_scene, tiny_prior_dir, edits, **_stages(100000, 2, 2))
-    runs = tmp_path / "runs"
-    with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
-        output = waiting.Output(batch)
-        waiting.wait_for(lambda: _status(runs, "blue").get("process_group"), batch, "a running edit")
-        for process in psutil.Process(batch.pid).children():
-            if process.name() in ("gcs_server", "raylet"):
-                process.suspend()
-        batch.send_signal(signal.SIGINT)
-        assert waiting.wait_exit(batch, "pds-batch after the signal") == 130, output.all()[-3000:]
-    assert "run the same command to resume" in output.all(), output.all()[-3000:]
+    _stop_a_long_edit(tmp_path, tiny_scene, tiny_prior_dir, user_env, ready, signum, before_signal)
     assert not left_behind(), f"left running:\n{described(left_behind())}"
 
 

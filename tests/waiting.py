@@ -37,6 +37,10 @@ class Hung(AssertionError):
     """A process tree stopped making progress (or ran past `CAP_S`)."""
 
 
+class Exited(AssertionError):
+    """The process exited before the event that was waited for."""
+
+
 def _tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
@@ -97,20 +101,28 @@ def _ignore_sigint() -> None:  # pragma: no cover - runs in the child before exe
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def finish(process: subprocess.Popen, what: str) -> subprocess.CompletedProcess:
-    """Waits for the process to exit, collecting its output; kills it and fails on a hang."""
+def _until_exit(process: subprocess.Popen, what: str, step: Callable[[float], T]) -> T:
+    """`step(timeout)` (a `communicate` or a `wait`) until it returns; on a hang the tree is killed first."""
     guard = HangGuard(process.pid, what)
     while True:
         try:
-            out, err = process.communicate(timeout=1.0)
-            return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+            return step(1.0)
         except subprocess.TimeoutExpired:
             try:
                 guard.check()
-            except Hung as hang:
+            except Hung:
                 kill_tree(process.pid)
-                out, err = process.communicate()
-                raise Hung(f"{hang}\n{(out or '')[-3000:]}\n{(err or '')[-3000:]}") from None
+                raise
+
+
+def finish(process: subprocess.Popen, what: str) -> subprocess.CompletedProcess:
+    """Waits for the process to exit, collecting its output; kills it and fails on a hang."""
+    try:
+        out, err = _until_exit(process, what, lambda timeout: process.communicate(timeout=timeout))
+    except Hung as hang:
+        out, err = process.communicate()
+        raise Hung(f"{hang}\n{(out or '')[-3000:]}\n{(err or '')[-3000:]}") from None
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def run(args: Sequence[str], env: Optional[dict[str, str]] = None, cwd: Optional[Path] = None,
@@ -142,23 +154,14 @@ def wait_for(event: Callable[[], Optional[T]], process: subprocess.Popen, what: 
         if value:
             return value
         if process.poll() is not None:
-            raise AssertionError(f"{what}: the process exited ({process.returncode}) before it happened")
+            raise Exited(f"{what}: the process exited ({process.returncode}) before it happened")
         guard.check()
         time.sleep(POLL_S)
 
 
 def wait_exit(process: subprocess.Popen, what: str) -> int:
     """Waits for the process to exit (its output is read elsewhere: `Output`); kills it and fails on a hang."""
-    guard = HangGuard(process.pid, what)
-    while True:
-        try:
-            return process.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            try:
-                guard.check()
-            except Hung:
-                kill_tree(process.pid)
-                raise
+    return _until_exit(process, what, lambda timeout: process.wait(timeout=timeout))
 
 
 class Output:
@@ -190,9 +193,7 @@ class Output:
 
         try:
             return wait_for(seen, self.process, what)
-        except Hung:
-            raise
-        except AssertionError:
+        except Exited:
             self._reader.join(timeout=60)  # the process has exited: its last lines may still be in the pipe
             if seen():
                 return self.text()

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Iterable, List, NoReturn, Optional
+from typing import Callable, Iterable, List, NoReturn
 
 import psutil
 
@@ -41,15 +41,16 @@ class StopRequested(KeyboardInterrupt):
         self.signum = signum
 
 
-def become_subreaper() -> bool:
-    """Orphaned descendants are re-parented to this process (Linux >= 3.4); False where that is not possible."""
+def become_subreaper(on: bool = True) -> bool:
+    """Orphaned descendants are re-parented to this process (Linux >= 3.4), or no longer (`on=False`); False
+    where that is not possible."""
     if not sys.platform.startswith("linux"):
         return False
     PR_SET_CHILD_SUBREAPER = 36
-    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
 
 
-def _alive(processes: Iterable[psutil.Process]) -> List[psutil.Process]:
+def alive(processes: Iterable[psutil.Process]) -> List[psutil.Process]:
     """Those not gone; a zombie child is reaped here (it has exited: only its exit status was left)."""
     alive = []
     for process in processes:
@@ -65,19 +66,19 @@ def _alive(processes: Iterable[psutil.Process]) -> List[psutil.Process]:
 
 def stop_processes(processes: Iterable[psutil.Process], grace_s: float) -> None:
     """SIGTERM, then SIGKILL to those still alive after `grace_s`; returns when they are gone (or unkillable)."""
-    processes = _alive(processes)
+    processes = alive(processes)
     for process in processes:
         try:
             process.terminate()
         except psutil.Error:
             pass
     _, left = psutil.wait_procs(processes, timeout=grace_s)
-    for process in _alive(left):
+    for process in alive(left):
         try:
             process.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(_alive(left), timeout=2.0)
+    psutil.wait_procs(alive(left), timeout=2.0)
 
 
 def process_group(pgid: int) -> List[psutil.Process]:
@@ -89,7 +90,7 @@ def process_group(pgid: int) -> List[psutil.Process]:
                 members.append(process)
         except (psutil.Error, OSError):
             continue
-    return _alive(members)
+    return alive(members)
 
 
 def stop_descendants(grace_s: float) -> None:
@@ -123,11 +124,10 @@ class StopGuard:
     def __init__(self, prog: str, bound_s: float = STOP_BOUND_S) -> None:
         self.prog = prog
         self.bound_s = bound_s
-        self.requested: Optional[int] = None
-        """The first stop signal received (None: none yet)."""
-        self.seen: Optional[int] = None
-        """The first stop signal the watcher saw: set even where another handler took it (`ray.init`'s)."""
-        self._first_at: Optional[float] = None
+        self._raised = False
+        """`StopRequested` was raised (by the first signal that reached our handler)."""
+        self._seen = False
+        """The watcher has seen a first stop signal (whichever handler took it) and started the deadline."""
         self._wakeup_read = -1
 
     def install(self) -> "StopGuard":
@@ -146,8 +146,8 @@ class StopGuard:
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame) -> None:
-        if self.requested is None:
-            self.requested = signum
+        if not self._raised:
+            self._raised = True
             raise StopRequested(signum)
         # A later signal: the watcher thread has seen it too and forces the exit.
 
@@ -160,9 +160,8 @@ class StopGuard:
             for signum in data:
                 if signum not in STOP_SIGNALS:
                     continue
-                if self._first_at is None:
-                    self._first_at = time.monotonic()
-                    self.seen = signum
+                if not self._seen:
+                    self._seen = True
                     threading.Thread(target=self._deadline, daemon=True, name="pds-batch-stop-deadline").start()
                 else:
                     self.force(f"{signal.Signals(signum).name} again")

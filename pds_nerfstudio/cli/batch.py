@@ -98,10 +98,8 @@ def _run(args: argparse.Namespace, todo: List[Any], jobs: List[Any], output: Pat
             stop_descendants(grace_s=2.0)
             guard.exit(1 if _report(output, jobs, results) else 0)  # not through Ray's atexit shutdown again
         return None
-    except KeyboardInterrupt:
-        _stop(guard, pending, todo, started, output, jobs, results)
-    except SystemExit as exiting:  # `ray.init` sets a SIGTERM handler of its own: `sys.exit(signum)`
-        if exiting.code != signal.SIGTERM and guard.seen is None:
+    except (KeyboardInterrupt, SystemExit) as stop:
+        if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:  # ray.init's SIGTERM handler: sys.exit(15)
             raise
         _stop(guard, pending, todo, started, output, jobs, results)
 
@@ -117,7 +115,8 @@ def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> N
     finished_seconds: List[float] = []
 
     def view() -> Table:
-        running = [job for job in pending.values() if read_status(job).get("state") == "running"]
+        states = {job.key: read_status(job).get("state") or "queued" for job in pending.values()}
+        running = [key for key, state in states.items() if state == "running"]
         done = sum(r["state"] == "done" for r in results.values() if "seconds" in r)
         failed = sum(r["state"] == "failed" for r in results.values())
         left = total - done - failed
@@ -130,7 +129,7 @@ def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> N
         for column in ("edit", "seed", "status"):
             table.add_column(column)
         for job in list(pending.values())[:20]:
-            table.add_row(job.name, str(job.seed), read_status(job).get("state") or "queued")
+            table.add_row(job.name, str(job.seed), states[job.key])
         return table
 
     with Live(view(), refresh_per_second=1, transient=True) as live:
