@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     start = time.monotonic()
     import torch
 
-    from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
+    from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
 
     gpu = torch.cuda.is_available()
     sizes = sizes_for(gpu)

@@ -625,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.measure_chain:
         measure_chain(args.out_dir)
         return 0
-    from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
+    from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
 
     try:
         todo = chains(args, args.out_dir.absolute())

@@ -59,7 +59,7 @@ def losses(scene: Path, lora: Path, prompts: dict[str, str]) -> dict:
 
     from pds_nerfstudio.cli.personalize import encode, scene_images
     from pds_nerfstudio.data.dataset import read_image
-    from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
+    from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
     from pds_nerfstudio.guidance.personalize import held_denoising_loss
     from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
 
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"personalize_benchmark: error: {out} is not empty", file=sys.stderr)
         return 2
     from pds_nerfstudio.fixtures.procedural_scene import make_scene
-    from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
+    from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
 
     out.mkdir(parents=True, exist_ok=True)
     scene, lora = out / "scene", out / "lora"

@@ -10,9 +10,9 @@ from conftest import run_cli
 from pds_nerfstudio.fidelity import load_scene_truth, measure_stage_renders
 from pds_nerfstudio.fixtures.procedural_scene import make_scene
 from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS, edit_schedule_options
-from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
+from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
 
-RECONSTRUCTION, PDS, REFINEMENT = 400, 100, 110  # 110: each of the 11 training views SDEdited once
+RECONSTRUCTION, PDS, REFINEMENT = 250, 60, 110  # 110: each of the 11 training views SDEdited once
 
 
 def test_a_short_edit_reaches_the_target_colour_after_stage_2_and_keeps_the_background(
@@ -34,7 +34,8 @@ def test_a_short_edit_reaches_the_target_colour_after_stage_2_and_keeps_the_back
     stage1 = measure_stage_renders(renders / "pds", renders / "reconstruction", truth)
     stage2 = measure_stage_renders(renders / "refinement", renders / "reconstruction", truth)
     reads, seen = stage2.reading("blue")
-    # Measured here (OMP_NUM_THREADS=1, seed 0): blue in 11 of 11 views after stage 2, background 24 dB.
+    # Measured here (OMP_NUM_THREADS=1, seed 0): blue in 11 of 11 views after stages 1 and 2, background 22.2 dB
+    # after stage 1 and 24.2 dB after stage 2 (at 400 + 100 reconstruction + PDS iterations: 11 of 11, 24 dB).
     assert seen == 11 and reads >= 8, stage2.colours
     assert stage2.reading("red")[0] == 0, stage2.colours  # stage 2 does not pull the scene back to the source
     assert stage2.reading("blue")[0] >= stage1.reading("blue")[0] - 1, (stage1.colours, stage2.colours)

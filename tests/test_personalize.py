@@ -14,7 +14,7 @@ from conftest import console_script, folder_snapshot, run_cli
 from test_ns_commands import TINY_NERFACTO, pds_args
 
 from pds_nerfstudio import compat
-from pds_nerfstudio.fixtures.toy_prior import embedded_toy_prior_dir
+from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
 
 compat.allow_nerfstudio_checkpoints()
 INSTANCE, CLASS = "a sks red sphere", "a red sphere"
