@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,7 +76,25 @@ def ensure_ffmpeg_on_path() -> str | None:
     return str(link)
 
 
+KNOWN_NERFSTUDIO_WARNINGS: tuple[tuple[str, type[Warning], str], ...] = (
+    (r"Using a non-tuple sequence for multidimensional indexing is deprecated", UserWarning,
+     r"nerfstudio\.cameras\.cameras\Z"),
+    (r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated", FutureWarning, r"nerfstudio\.engine\.trainer\Z"),
+)  # fmt: skip
+"""(message, category, module) of torch's deprecation warnings that nerfstudio 1.1.5's own code raises with
+torch >= 2.4 on every run (cameras.py indexes with lists, six lines of it, each ray batch's first time; its
+trainer builds ``torch.cuda.amp.GradScaler``). Nothing a user can act on. Filtered by message and module both,
+so the same warning from any other code, and every new warning, still shows."""
+
+
+def quiet_known_nerfstudio_warnings() -> None:
+    """Ignores :data:`KNOWN_NERFSTUDIO_WARNINGS` (and nothing else)."""
+    for message, category, module in KNOWN_NERFSTUDIO_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
 def install() -> None:
     """Applies every fix; cheap and idempotent."""
     allow_nerfstudio_checkpoints()
     ensure_ffmpeg_on_path()
+    quiet_known_nerfstudio_warnings()
