@@ -396,7 +396,7 @@ def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidanc
         latents = blended_samples(
             prior.encode(images), masks, prior.eps_fn(guidance_scale), prior.alphas_cumprod,
             prior.text_embeddings([caption(*target.split())] * len(views)),
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(seed), steps_offset=prior.ddim_settings["steps_offset"],
         )  # fmt: skip
         samples = prior.decode(latents).permute(0, 2, 3, 1).double().numpy()
     return fm.fraction_reading([fm.read_colour(s, v, truth.albedo) for s, v in zip(samples, views)], target.split()[0])

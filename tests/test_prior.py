@@ -155,6 +155,8 @@ def test_schedule_and_sizes(prior: DiffusionPrior):
     assert prior.vae_scale_factor == 8
     assert prior.native_resolution == 64  # tiny UNet sample_size 8 x 8
     assert prior.load() is None  # idempotent
+    # SD 1.x's DDIM settings, read from the folder's scheduler config: steps 1, 51, ..., 951, the last one to abar_0.
+    assert prior.ddim_settings == {"steps_offset": 1, "final_alpha_cumprod": float(abar[0].float())}
 
 
 def test_fp16_on_cpu_falls_back_to_fp32(prior_dir: Path):

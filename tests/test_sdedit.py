@@ -91,3 +91,62 @@ def test_sample_sdedit_steps_range_and_reproducibility():
             sample_sdedit_steps(20, bad)
     with pytest.raises(ValueError):
         sdedit(torch.zeros(1, 4, 2, 2), EPS_FN, ABAR, torch.zeros(1, 4, 2, 2), num_steps=21)
+
+
+def _shipped_schedulers() -> dict[str, dict]:
+    """The scheduler configs of the priors we ship and build (toy: the embedded one; tiny: tests')."""
+    import json
+
+    from pds_nerfstudio.fixtures.embedded_prior import EMBEDDED_TOY_PRIOR
+    from pds_nerfstudio.fixtures.tiny_prior import SCHEDULER_CONFIG
+
+    toy = json.loads((EMBEDDED_TOY_PRIOR / "scheduler" / "scheduler_config.json").read_text())
+    no_offset = {**SCHEDULER_CONFIG, "steps_offset": 0, "set_alpha_to_one": True}
+    return {"toy prior": {k: v for k, v in toy.items() if not k.startswith("_")}, "tiny prior": SCHEDULER_CONFIG,
+            "steps_offset 0, set_alpha_to_one": no_offset}  # fmt: skip
+
+
+@pytest.mark.parametrize("config", _shipped_schedulers().values(), ids=_shipped_schedulers().keys())
+def test_ddim_step_and_timesteps_are_diffusers_ddim_scheduler(config: dict) -> None:
+    from diffusers import DDIMScheduler
+
+    from pds_nerfstudio.guidance.sdedit import ddim_step
+
+    scheduler = DDIMScheduler(**config)
+    scheduler.set_timesteps(20)
+    taus = ddim_timesteps(1000, 20, config["steps_offset"])
+    assert torch.equal(taus.flip(0), scheduler.timesteps)  # diffusers runs them high to low
+    abar, final = scheduler.alphas_cumprod.to(DTYPE), float(scheduler.final_alpha_cumprod)
+    gen = torch.Generator().manual_seed(0)
+    for j, t in enumerate(taus.tolist()):
+        x, eps = torch.randn(2, 4, 3, 3, generator=gen, dtype=DTYPE), torch.randn(2, 4, 3, 3, generator=gen, dtype=DTYPE)
+        theirs = scheduler.step(eps, t, x, eta=0.0).prev_sample
+        ours = ddim_step(x, eps, abar[t], abar[taus[j - 1]] if j > 0 else abar.new_tensor(final))
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_steps", [1, 4, 20])
+def test_sdedit_with_a_priors_settings_is_diffusers_ddim_loop(num_steps: int) -> None:
+    """The last k of diffusers' 20 DDIM steps from x0 noised to the first of them, on SD's own scheduler config
+    (steps_offset 1, final abar = abar_0), against sdedit given that prior's ddim_settings."""
+    from diffusers import DDIMScheduler
+
+    from pds_nerfstudio.fixtures.tiny_prior import SCHEDULER_CONFIG
+
+    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
+    scheduler.set_timesteps(20)
+    settings = {"steps_offset": 1, "final_alpha_cumprod": float(scheduler.final_alpha_cumprod)}
+    gen = torch.Generator().manual_seed(2)
+    mu, x0, noise = (torch.randn(2, 4, 4, 4, generator=gen, dtype=DTYPE) for _ in range(3))
+    timesteps = scheduler.timesteps[-num_steps:]
+    x = scheduler.add_noise(x0, noise, timesteps[:1])
+    for t in timesteps:
+        x = scheduler.step(EPS_FN(x, t.view(1), mu), t, x, eta=0.0).prev_sample
+    ours = sdedit(x0, EPS_FN, ABAR, mu, num_steps=num_steps, noise=noise, **settings)
+    torch.testing.assert_close(ours, x, rtol=1e-6, atol=1e-6)
+
+
+def test_a_steps_offset_that_passes_the_last_timestep_is_refused() -> None:
+    assert ddim_timesteps(1000, 20, 49)[-1] == 999
+    with pytest.raises(ValueError, match="steps_offset 50 puts the last of 20 DDIM steps past t = 999"):
+        ddim_timesteps(1000, 20, 50)

@@ -235,6 +235,7 @@ def edit_latent(
             num_steps=config.sdedit_steps,
             num_inference_steps=SDEDIT_NUM_INFERENCE_STEPS,
             generator=generator,
+            **prior.ddim_settings,
         )
     return latent
 

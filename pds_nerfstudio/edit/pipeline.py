@@ -394,6 +394,7 @@ class EditPipeline(VanillaPipeline):
                 num_steps,
                 config.sdedit_num_inference_steps,
                 generator=generator,
+                **prior.ddim_settings,
             )
             image = from_prior_output(prior.decode(edited), (height, width))
         if not bool(torch.isfinite(image).all()):  # e.g. an fp16 overflow in the prior: keep the image training sees

@@ -279,6 +279,16 @@ class DiffusionPrior:
         return str(self.scheduler.config.get("prediction_type", "epsilon"))
 
     @property
+    def ddim_settings(self) -> dict[str, int | float]:
+        """Keywords of :func:`pds_nerfstudio.guidance.sdedit.sdedit` (and of ``blended_samples``) that make their
+        DDIM steps this scheduler's own: its ``steps_offset`` (1 in SD 1.x and 2.x), and the abar its last step
+        goes to (1 under ``set_alpha_to_one``, else abar_0, which SD 1.x and 2.x choose). Steps are spaced
+        "leading", as in those configs."""
+        self.load()
+        return {"steps_offset": int(self.scheduler.config.get("steps_offset", 0)),
+                "final_alpha_cumprod": float(self.scheduler.final_alpha_cumprod)}  # fmt: skip
+
+    @property
     def vae_scale_factor(self) -> int:
         self.load()
         return 2 ** (len(self.vae.config.block_out_channels) - 1)

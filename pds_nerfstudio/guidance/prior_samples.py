@@ -15,7 +15,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from pds_nerfstudio.guidance import EpsFn
-from pds_nerfstudio.guidance.sdedit import ddim_timesteps
+from pds_nerfstudio.guidance.sdedit import ddim_step, ddim_timesteps
 
 
 @torch.no_grad()
@@ -27,12 +27,14 @@ def blended_samples(
     cond: Float[Tensor, "batch 77 dim"],
     num_inference_steps: int = 20,
     generator: torch.Generator | None = None,
+    steps_offset: int = 0,
 ) -> Float[Tensor, "batch 4 h w"]:
-    """Latents sampled under `cond` inside `masks` (dilated by one latent cell), equal to `source_latents` outside."""
+    """Latents sampled under `cond` inside `masks` (dilated by one latent cell), equal to `source_latents` outside.
+    `steps_offset` as in :func:`pds_nerfstudio.guidance.sdedit.sdedit`; the last step goes to abar = 1 (clean)."""
     inside = F.max_pool2d(masks[:, None].float(), kernel_size=masks.shape[-1] // source_latents.shape[-1])
     inside = F.max_pool2d(inside, kernel_size=3, stride=1, padding=1).to(source_latents)
     abar_all = alphas_cumprod.to(device=source_latents.device, dtype=torch.float64)
-    taus = ddim_timesteps(abar_all.shape[0], num_inference_steps).tolist()
+    taus = ddim_timesteps(abar_all.shape[0], num_inference_steps, steps_offset).tolist()
     noise = torch.randn(source_latents.shape, generator=generator).to(source_latents)
     source = source_latents.to(torch.float64)
     x = noise.to(torch.float64)
@@ -40,9 +42,7 @@ def blended_samples(
         abar = abar_all[taus[j]]
         abar_prev = abar_all[taus[j - 1]] if j > 0 else abar.new_tensor(1.0)
         t = torch.full((len(x),), taus[j], dtype=torch.long, device=x.device)
-        eps = eps_fn(x.to(source_latents.dtype), t, cond).to(torch.float64)
-        x0_hat = (x - (1 - abar).sqrt() * eps) / abar.sqrt()
-        x = abar_prev.sqrt() * x0_hat + (1 - abar_prev).sqrt() * eps
+        x = ddim_step(x, eps_fn(x.to(source_latents.dtype), t, cond).to(torch.float64), abar, abar_prev)
         known = abar_prev.sqrt() * source + (1 - abar_prev).sqrt() * noise.to(torch.float64)
         x = inside * x + (1 - inside) * known
     return x.to(source_latents.dtype)
