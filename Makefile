@@ -26,10 +26,11 @@ system-deps:
 	fi
 
 # Two pytest workers, one torch thread each (tests/conftest.py); a file's tests share a worker, in order.
+# Files are handed out longest first (conftest.LONGEST_FIRST), not by xdist's default of most tests first.
 TEST_WORKERS ?= 2
 
 test: install
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 demo: install
 	$(BIN)/python scripts/demo.py

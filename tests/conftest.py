@@ -35,8 +35,10 @@ LONGEST_FIRST = ("test_fidelity_script.py", "test_edit_result.py", "test_batch.p
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest files first: `--dist loadfile` hands files out in this order, so the two workers finish together
-    instead of one running the longest file alone at the end. Only the order changes; a file's tests keep theirs."""
+    """Longest files first: `--dist loadfile --no-loadscope-reorder` (the Makefile) hands files out in this order,
+    so the two workers finish together instead of one running a long file alone at the end (xdist's default
+    order, most tests first, put the single-test 6-minute file last). Only the order changes; a file's tests
+    keep theirs."""
     rank = {name: place for place, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 

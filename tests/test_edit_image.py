@@ -189,8 +189,10 @@ def test_load_image_modes(tmp_path: Path):
     gray = load_image(saved(np.full((5, 5), 128, np.uint8)))
     assert gray.shape == (3, 5, 5) and torch.allclose(gray, torch.full((3, 5, 5), 128 / 255))
 
-    sixteen = load_image(saved(np.full((5, 5), 65535 // 4, np.uint16)))
-    assert torch.allclose(sixteen, torch.full((3, 5, 5), (65535 // 4) / 65535), atol=1e-6)
+    sixteen = load_image(saved(np.full((5, 5), 65535 // 4, np.uint16)))  # read as a scene's images are: / 257
+    assert torch.allclose(sixteen, torch.full((3, 5, 5), round((65535 // 4) / 257) / 255), atol=1e-6)
+    dark = load_image(saved(np.full((5, 5), 200, np.uint16)))  # 16-bit, though every value is below 256
+    assert torch.allclose(dark, torch.full((3, 5, 5), 1 / 255), atol=1e-6)
 
     palette = Image.fromarray(np.array([[0, 1]], np.uint8), "P")
     palette.putpalette([200, 100, 50, 0, 0, 0])

@@ -101,7 +101,7 @@ def test_stage2_trains_on_stage1_renders_and_replaces_one_every_sdedit_every_ste
         else:
             changed = [v for v in views if not torch.equal(current[v], previous[v])]
         if (step - start) % pipeline.config.sdedit_every == 0:
-            assert changed == [pipeline.last_refined_view] == [pipeline.sdedit_view(step)]
+            assert changed == [pipeline.sdedit_view(step)]
             replaced.append(changed[0])
         else:
             assert changed == []
@@ -152,7 +152,7 @@ def test_prior_weights_stay_out_of_the_checkpoint(pipeline: EditPipeline) -> Non
     pipeline.prior()
     keys = pipeline.state_dict().keys()
     assert not [key for key in keys if any(part in key for part in ("unet", "vae", "text_encoder", "_prior"))]
-    assert "edit_stage_lengths" in keys
+    assert "edit_stage_lengths" in keys  # the checkpoint format: kept
 
 
 @pytest.mark.parametrize(

@@ -59,7 +59,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_construction_loads_nothing(tmp_path: Path):
     prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(tmp_path / "does-not-exist")))
-    assert not prior.is_loaded
+    assert not prior._loaded  # nothing read from disk yet
     assert not hasattr(prior, "unet") and not hasattr(prior, "vae")
 
 
@@ -68,7 +68,7 @@ def test_bad_guidance_scale_refused_before_loading(tmp_path: Path, scale: float)
     prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(tmp_path / "does-not-exist")))
     with pytest.raises(ValueError, match="--pipeline.guidance-scale"):
         prior.eps_fn(scale)
-    assert not prior.is_loaded
+    assert not prior._loaded  # nothing read from disk yet
 
 
 def test_prompts_validated():
@@ -127,7 +127,7 @@ def test_load_failure_is_one_clear_error(tmp_path: Path, make_model_id, reason: 
     for needle in ("--pipeline.prior.model-id", "DiffusionPriorConfig.model_id", "HF_HUB_OFFLINE=1 is set",
                    "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5", reason):
         assert needle in message
-    assert not prior.is_loaded
+    assert not prior._loaded  # nothing read from disk yet
 
 
 def test_offline_state_reported_when_not_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

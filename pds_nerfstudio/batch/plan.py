@@ -89,16 +89,18 @@ def finished_run(job: Job) -> Optional[Path]:
     """The attempt whose checkpoint is at the last step of its edit (None: not done)."""
     import torch
 
+    from pds_nerfstudio.edit.stages import stored_stage_lengths
+
     for run in reversed(job.attempts()):
         checkpoints = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
         if not checkpoints:
             continue
         try:
             state = torch.load(checkpoints[-1], map_location="cpu", mmap=True, weights_only=False)
-            lengths = state["pipeline"]["edit_stage_lengths"].tolist()
+            lengths = stored_stage_lengths(state["pipeline"])
         except Exception:  # noqa: BLE001 - a broken or foreign checkpoint is not a finished edit
             continue
-        if int(state["step"]) + 1 >= sum(lengths):
+        if lengths is not None and int(state["step"]) + 1 >= sum(lengths):
             return run
     return None
 

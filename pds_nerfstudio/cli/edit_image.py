@@ -38,7 +38,7 @@ from torch import Tensor
 from pds_nerfstudio.guidance import guidance_gradient, sdedit, surrogate_loss
 from pds_nerfstudio.guidance.lora import check_lora
 from pds_nerfstudio.guidance.timesteps import subset_index_range
-from pds_nerfstudio.data.image_io import save_png
+from pds_nerfstudio.data.image_io import save_png, to_8bit
 from pds_nerfstudio.guidance.prior import (
     DiffusionPrior,
     DiffusionPriorConfig,
@@ -63,7 +63,8 @@ class EditImageConfig:
     """Edit an image with Posterior Distillation Sampling on a Stable Diffusion prior."""
 
     image: Path
-    """Input image (PNG, JPEG, ...); alpha is composited on white, gray/palette/16-bit converted to RGB."""
+    """Input image (PNG, JPEG, ...); alpha is composited on white, gray/palette/16-bit/float converted to RGB as a
+    scene's images are."""
     target_prompt: str
     """Prompt describing the edited image."""
     output_dir: Path
@@ -134,7 +135,8 @@ def validate_config(config: EditImageConfig) -> None:
 
 
 def load_image(path: Path) -> Float[Tensor, "3 height width"]:
-    """RGB float32 in [0, 1]; alpha composited on white, gray/palette/16-bit/float modes converted."""
+    """RGB float32 in [0, 1]; alpha composited on white, gray/palette/16-bit/float modes converted as a scene's
+    images are (:func:`pds_nerfstudio.data.image_io.to_8bit`)."""
     if not path.exists():
         raise UsageError(f"--image {path}: no such file")
     if not path.is_file():
@@ -148,21 +150,11 @@ def load_image(path: Path) -> Float[Tensor, "3 height width"]:
 
 
 def _rgb_array(image: Image.Image) -> np.ndarray:
-    """(3, H, W) float32 in [0, 1] from any PIL mode."""
-    if image.mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode.startswith("I") or image.mode == "F":
-        # 16-bit ("I;16*") and 32-bit int ("I", how Pillow opens 16-bit PNGs) gray, or float gray.
-        values = np.asarray(image).astype(np.float32)
-        scale = 1.0 if image.mode == "F" else 65535.0 if values.max(initial=0) > 255 or ";16" in image.mode else 255.0
-        gray = np.clip(values / scale, 0, 1)
-        return np.repeat(gray[None], 3, axis=0)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode in ("RGB", "L") and "transparency" in image.info):
-        rgba = np.asarray(image.convert("RGBA")).astype(np.float32) / 255.0
-        rgb, alpha = rgba[..., :3], rgba[..., 3:]
-        return np.ascontiguousarray((rgb * alpha + (1 - alpha)).transpose(2, 0, 1))
-    rgb = np.asarray(image.convert("RGB")).astype(np.float32) / 255.0
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+    """(3, H, W) float32 in [0, 1] from any PIL mode, read by the rule a scene's images are read by
+    (:func:`pds_nerfstudio.data.image_io.to_8bit`), then composited on white."""
+    rgba = np.asarray(to_8bit(image, alpha=True), dtype=np.float32) / 255.0
+    rgb, alpha = rgba[..., :3], rgba[..., 3:]
+    return np.ascontiguousarray((rgb * alpha + (1 - alpha)).transpose(2, 0, 1))
 
 
 def fit_image(

@@ -65,11 +65,6 @@ class EditableImages:
         with torch.no_grad():
             target.copy_(image.to(target))
 
-    def restore_originals(self) -> None:
-        """Undoes every replacement."""
-        for index in range(self.num_train_images):
-            self.replace_image(index, self._original(index))
-
     def scaled_dataset(self, outputs: DataparserOutputs, announce: bool = False) -> PDSInputDataset:
         """The dataset of `outputs`, its images and cameras scaled to fit `max_image_size`."""
         sides = torch.cat([outputs.cameras.width, outputs.cameras.height])

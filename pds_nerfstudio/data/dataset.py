@@ -2,7 +2,8 @@
 
 nerfstudio 1.1.5 casts whatever PIL opens to uint8: 16-bit images wrap around, float images
 truncate, palette images become their indices, CMYK keeps 4 channels read as RGBA, and a scene
-mixing RGB and RGBA images fails to stack (LA fails an assertion). Here every image becomes 8-bit, scaled:
+mixing RGB and RGBA images fails to stack (LA fails an assertion). Here every image becomes 8-bit, scaled
+(:func:`pds_nerfstudio.data.image_io.to_8bit`, which the image editor reads its input with too):
 
 - RGB and RGBA stay as they are; transparency is kept as alpha (nerfstudio composites it).
 - 16-bit grey (I;16, I;16B, I;16L, I;16N, and I, read as 16-bit) is divided by 257 and rounded;
@@ -27,9 +28,7 @@ from PIL import Image
 
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
-SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
-"""Grey modes read as 16-bit values (0 to 65535)."""
-
+from pds_nerfstudio.data.image_io import to_8bit
 
 def has_transparency(path: Path) -> bool:
     """Whether the image at `path` has transparency (alpha or a transparent colour); reads its header only.
@@ -41,18 +40,6 @@ def has_transparency(path: Path) -> bool:
             return image.has_transparency_data
     except Exception:  # noqa: BLE001 - read_image names the broken file
         return False
-
-
-def to_8bit(image: Image.Image, alpha: bool) -> Image.Image:
-    """`image` as an 8-bit RGBA image when `alpha`, else RGB (see the module docstring)."""
-    if image.mode in SIXTEEN_BIT_MODES:
-        values = np.asarray(image, dtype=np.float64)
-        image = Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8))
-    elif image.mode == "F":
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
-        image = Image.fromarray(np.round(np.clip(values, 0, 1) * 255).astype(np.uint8))
-    target = "RGBA" if alpha else "RGB"
-    return image if image.mode == target else image.convert(target)
 
 
 def read_image(path: Path, alpha: bool) -> Image.Image:

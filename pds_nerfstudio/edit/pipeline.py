@@ -32,16 +32,12 @@ from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
 from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.data.scene_checks import validate_scene
-from pds_nerfstudio.edit.stages import Stage, StageSchedule
+from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
 from pds_nerfstudio.guidance.lora import check_lora
 from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
 from pds_nerfstudio.scenes.base import SceneAdapter
-
-
-PDS_MARKER = "edit_stage_lengths"
-"""Pipeline buffer that only `pds` checkpoints hold: tells a resumed edit from a starting scene."""
 
 
 @dataclass
@@ -172,13 +168,12 @@ class EditPipeline(VanillaPipeline):
         self.scene = config.scene_adapter(self.model)
         self.schedule = config.stage_schedule()
         lengths = torch.tensor([self.schedule.reconstruction, self.schedule.pds, self.schedule.refinement])
-        self.register_buffer(PDS_MARKER, lengths)
+        self.register_buffer(STAGE_LENGTHS_KEY, lengths)
         self._prior = DiffusionPrior(config.prior)  # not a Module: its weights stay out of checkpoints
         self._source_latents: Dict[Tuple[int, Tuple[int, int]], Tensor] = {}
         self._render_cameras: Optional[Tuple[float, Any]] = None  # (render_scale, cameras)
         self.stage1_renders: Optional[Float[Tensor, "num_images height width 3"]] = None
         self.run_dir: Optional[Path] = None
-        self.last_refined_view: Optional[int] = None
         self._stage_shown: Optional[Stage] = None
         self._probe: Optional[Tensor] = None
         self.viewer_stage = ViewerText("Edit stage", "", disabled=True, hint="The stage the edit is in")
@@ -402,7 +397,6 @@ class EditPipeline(VanillaPipeline):
                           "(--pipeline.prior.dtype fp32 avoids half-precision overflow)")  # fmt: skip
             return
         self._set_training_image(view, image)
-        self.last_refined_view = view
 
     def restore_edits(self, start_step: int, previous_run: Optional[Path]) -> int:
         """Makes the training images what they were when a killed run reached `start_step`; returns how many

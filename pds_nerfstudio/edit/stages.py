@@ -7,8 +7,20 @@ A resumed run therefore continues in the right stage with no state of its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+STAGE_LENGTHS_KEY = "edit_stage_lengths"
+"""The pipeline-state entry (a buffer of the lengths R, P, F) that an edit's checkpoints hold and a
+reconstruction's do not: it is how a checkpoint is known to be an edit's."""
+
+
+def stored_stage_lengths(pipeline_state: Mapping[str, Any]) -> list[int] | None:
+    """The stage lengths an edit's checkpoint was written with; None for any other checkpoint."""
+    lengths = pipeline_state.get(STAGE_LENGTHS_KEY)
+    return None if lengths is None else [int(n) for n in lengths.tolist()]
 
 
 class Stage(str, Enum):

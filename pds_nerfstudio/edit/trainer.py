@@ -27,9 +27,9 @@ from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
-from pds_nerfstudio.edit.pipeline import PDS_MARKER, EditPipeline
+from pds_nerfstudio.edit.pipeline import EditPipeline
 from pds_nerfstudio.guidance.prior import PriorLoadError
-from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.edit.stages import Stage, stored_stage_lengths
 from pds_nerfstudio.edit.stall import StallDetector
 from pds_nerfstudio.edit.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
 
@@ -123,8 +123,9 @@ class PDSTrainerConfig(TrainerConfig):
             return
         state = torch.load(path, map_location="cpu", mmap=True)  # mapped: only a few entries are read
         pipeline_state = state.get("pipeline", {})
-        if PDS_MARKER in pipeline_state:
-            self._check_resume(path, int(state["step"]), [int(n) for n in pipeline_state[PDS_MARKER].tolist()])
+        stored = stored_stage_lengths(pipeline_state)
+        if stored is not None:
+            self._check_resume(path, int(state["step"]), stored)
         self._adopt_appearance(path, pipeline_state)
 
     def _check_resume(self, path: Path, step: int, stored: List[int]) -> None:
@@ -197,7 +198,7 @@ class PDSTrainer(Trainer):
         path = self.config.checkpoint_path()
         if path is not None:
             state = torch.load(path, map_location="cpu", mmap=True)  # mapped: reading which method wrote it is cheap
-            if PDS_MARKER in state.get("pipeline", {}):
+            if stored_stage_lengths(state.get("pipeline", {})) is not None:
                 self._resume(path)
                 restored = self.pipeline.restore_edits(self._start_step, previous_run=path.parent.parent)
                 stage = self.pipeline.schedule.stage_at(self._start_step)
@@ -212,6 +213,8 @@ class PDSTrainer(Trainer):
         """nerfstudio's checkpoint loading, but the optimisers are built after the scene's state has loaded (a
         splatfacto scene replaces its parameters to the checkpoint's number of Gaussians) and are those of the
         stage of the checkpoint's step, whose state the checkpoint holds."""
+        # Copied from nerfstudio 1.1.5 nerfstudio/engine/trainer.py:Trainer._load_checkpoint, with
+        # use_optimizers_of between the pipeline's state and the optimisers'.
         state = torch.load(path, map_location="cpu")
         self._start_step = state["step"] + 1
         self.pipeline.load_pipeline(state["pipeline"], state["step"])
@@ -291,6 +294,8 @@ class PDSTrainer(Trainer):
     def save_checkpoint(self, step: int) -> None:
         """nerfstudio's checkpoint, written atomically: a kill during a save leaves the previous one usable.
         `--save-only-latest-checkpoint` keeps the checkpoints of the stages' ends too."""
+        # Copied from nerfstudio 1.1.5 nerfstudio/engine/trainer.py:Trainer.save_checkpoint, with the save to a
+        # partial file renamed into place, and the stages' ends kept.
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"step-{step:09d}.ckpt"
         # Beside the folder, not in it: nerfstudio parses every name in it as a step number.

@@ -15,6 +15,8 @@ from typing import Dict, List, Optional
 
 import torch
 
+from pds_nerfstudio.guidance.hub import looks_like_local_path
+
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 """diffusers' file name for a pipeline's LoRA weights."""
 LORA_INFO = "pds_lora.json"
@@ -47,8 +49,6 @@ class LoraInfo:
 
 def base_model_key(model_id: str) -> str:
     """A prior's identity for comparisons: a local folder's absolute path, or the hub id as given."""
-    from pds_nerfstudio.guidance.prior import looks_like_local_path
-
     return str(Path(model_id).expanduser().resolve()) if looks_like_local_path(model_id) else model_id
 
 

@@ -7,7 +7,6 @@ transformers are imported inside :meth:`DiffusionPrior.load` for the same reason
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from pds_nerfstudio.guidance import EpsFn
+from pds_nerfstudio.guidance.hub import hub_offline, looks_like_local_path
 from pds_nerfstudio.guidance.lora import apply_lora, check_lora
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PIPELINE_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DEFAULT_OPTION_PREFIX = "--pipeline.prior."
-OFFLINE_VALUES = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's reading of HF_HUB_OFFLINE
 
 
 @dataclass
@@ -97,23 +96,6 @@ def resolve_device(device: str | None) -> torch.device:
     return torch.device(device)
 
 
-def hub_offline() -> bool:
-    """Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) asks huggingface_hub for offline mode."""
-    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return value.upper() in OFFLINE_VALUES
-
-
-def looks_like_local_path(model_id: str) -> bool:
-    """A hub id is "name" or "org/name"; anything existing, absolute, relative or deeper is a folder."""
-    expanded = Path(model_id).expanduser()
-    return (
-        expanded.exists()
-        or model_id.startswith(("/", ".", "~"))
-        or model_id.count("/") > 1
-        or "\\" in model_id
-    )
-
-
 def load_error_message(model_id: str, reason: str, option_prefix: str = DEFAULT_OPTION_PREFIX) -> str:
     """One self-contained line: what failed, which option sets it, the offline state, the fix."""
     offline = "HF_HUB_OFFLINE=1 is set (offline: only the local cache is used)" if hub_offline() else (
@@ -153,10 +135,6 @@ class DiffusionPrior:
         self._embedding_cache: dict[str, Tensor] = {}
 
     # ------------------------------------------------------------------ loading
-
-    @property
-    def is_loaded(self) -> bool:
-        return self._loaded
 
     @property
     def device(self) -> torch.device:
