@@ -97,7 +97,10 @@ def test_out_of_gpu_memory_stops_with_the_memory_saving_options(tmp_path: Path, 
 
     monkeypatch.setattr(Trainer, "train_iteration", out_of_memory)
     trainer = make_trainer(tmp_path)
-    trainer.pipeline = SimpleNamespace(schedule=StageSchedule(10, 10, 10))  # type: ignore[assignment]
+    from pds_nerfstudio.scenes.nerfacto import NerfactoScene
+
+    scene = SimpleNamespace(memory_options=NerfactoScene.memory_options)  # nerfacto's own options are named
+    trainer.pipeline = SimpleNamespace(schedule=StageSchedule(10, 10, 10), scene=scene)  # type: ignore[assignment]
     trainer._optimizer_stage = Stage.PDS  # the optimisers of the stage at step 12 are in place
     with pytest.raises(SystemExit) as stopped:
         trainer.train_iteration(12)

@@ -101,7 +101,9 @@ def test_the_guard_counts_only_consecutive_bad_steps() -> None:
 
 
 def test_the_stall_detector_warns_once_per_stall_with_causes_and_options() -> None:
-    detector = StallDetector(intervals=2)
+    from pds_nerfstudio.scenes.nerfacto import NerfactoScene
+
+    detector = StallDetector(intervals=2, learning_rate_options=NerfactoScene.learning_rate_options)
     assert detector.record(10, 1.0, None) is None
     assert detector.record(20, 0.0, 0.1) is None
     warning = detector.record(30, 0.0, 0.1)
@@ -112,6 +114,20 @@ def test_the_stall_detector_warns_once_per_stall_with_causes_and_options() -> No
     assert detector.record(50, 1.0, 0.1) is None  # moving again
     assert detector.record(60, 1.0, 0.0) is None
     assert "render changed by at most 0.0e+00" in detector.record(70, 1.0, 0.0)
+
+
+def test_a_splat_edit_is_advised_with_the_splats_own_options() -> None:
+    from pds_nerfstudio.scenes.nerfacto import NerfactoScene
+    from pds_nerfstudio.scenes.splatfacto import SplatfactoScene
+
+    stall = StallDetector(intervals=1, learning_rate_options=SplatfactoScene.learning_rate_options).record(10, 0.0, None)
+    guard = NonFiniteGuard(max_steps=1, learning_rate_options=SplatfactoScene.learning_rate_options)
+    with pytest.raises(NonFiniteTrainingError) as raised:
+        guard.record(10, loss_finite=False, step_skipped=True, stage="pds")
+    for advice in (stall, str(raised.value)):
+        assert "--edit-optimizers.features-dc.optimizer.lr" in advice and "--edit-optimizers.fields" not in advice
+    assert "render-chunk-size" in NerfactoScene.memory_options and "render-chunk-size" not in SplatfactoScene.memory_options
+    assert "num-rays" not in SplatfactoScene.memory_options  # splats train on whole images
 
 
 def test_a_guidance_that_never_reaches_the_scene_is_reported_as_a_stall(

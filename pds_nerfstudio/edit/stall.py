@@ -15,15 +15,17 @@ RENDER_TOLERANCE = 1e-6
 """A render whose pixels all moved by at most this much (far below one 8-bit level) did not change: the
 parameters did not move (a learning rate at or near zero, frozen parameters, every step skipped)."""
 
-CAUSES = (
-    "identical source and target prompts (PDS and DDS have no direction then): --pipeline.source-prompt, "
-    "--pipeline.target-prompt, or the viewer's prompt fields",
-    "a learning rate at or near zero: --edit-optimizers.fields.optimizer.lr, a warm-up longer than the stage "
-    "(--edit-optimizers.fields.scheduler.warmup-steps) or a schedule decayed to nothing (lr-final, max-steps)",
-    "no guidance in the loss: --pipeline.pds-loss-mult 0",
-    "a guidance or timestep range under which the prior barely reacts: --pipeline.guidance-scale, "
-    "--pipeline.min-step-ratio, --pipeline.max-step-ratio",
-)
+def causes(learning_rate_options: str) -> tuple[str, ...]:
+    """The likely causes of a stall, each with the options that address it (the scene kind's learning rates)."""
+    return (
+        "identical source and target prompts (PDS and DDS have no direction then): --pipeline.source-prompt, "
+        "--pipeline.target-prompt, or the viewer's prompt fields",
+        f"a learning rate at or near zero: {learning_rate_options}, a warm-up longer than the stage or a "
+        "schedule decayed to nothing (the same groups' .scheduler.warmup-steps, lr-final, max-steps)",
+        "no guidance in the loss: --pipeline.pds-loss-mult 0",
+        "a guidance or timestep range under which the prior barely reacts: --pipeline.guidance-scale, "
+        "--pipeline.min-step-ratio, --pipeline.max-step-ratio",
+    )
 
 
 @dataclass
@@ -31,6 +33,8 @@ class StallDetector:
     """Counts consecutive stage-1 logging intervals in which the scene did not change."""
 
     intervals: int
+    learning_rate_options: str = "--edit-optimizers.<group>.optimizer.lr"
+    """How this scene kind's edit learning rates are set (:attr:`pds_nerfstudio.scenes.base.SceneAdapter`)."""
     quiet: int = 0
     first_quiet_step: Optional[int] = None
     warned: bool = False
@@ -49,8 +53,8 @@ class StallDetector:
         if self.quiet < self.intervals or self.warned:
             return None
         self.warned = True
-        causes = "; ".join(f"({i}) {cause}" for i, cause in enumerate(CAUSES, start=1))
+        listed = "; ".join(f"({i}) {cause}" for i, cause in enumerate(causes(self.learning_rate_options), start=1))
         return (
             f"The edit is stalled: from step {self.first_quiet_step} to step {step} ({self.quiet} logging intervals) "
-            f"{reason}, so stage 1 is not changing the scene. Likely causes: {causes}."
+            f"{reason}, so stage 1 is not changing the scene. Likely causes: {listed}."
         )

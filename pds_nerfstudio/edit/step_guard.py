@@ -56,8 +56,9 @@ class GuardedOptimizers(Optimizers):
 class NonFiniteGuard:
     """Counts consecutive steps that were skipped for non-finite gradients or had a non-finite loss."""
 
-    def __init__(self, max_steps: int) -> None:
+    def __init__(self, max_steps: int, learning_rate_options: str = "--edit-optimizers.<group>.optimizer.lr") -> None:
         self.max_steps = max_steps
+        self.learning_rate_options = learning_rate_options
         self.in_a_row = 0
 
     def record(self, step: int, loss_finite: bool, step_skipped: bool, stage: str) -> bool:
@@ -71,6 +72,6 @@ class NonFiniteGuard:
             raise NonFiniteTrainingError(
                 f"{self.in_a_row} iterations in a row up to step {step} ({stage}) gave non-finite {what}, so none "
                 "of them changed the scene; the last checkpoint is intact. Lower --pipeline.guidance-scale or the "
-                "learning rates (--edit-optimizers.fields.optimizer.lr), or use --pipeline.prior.dtype fp32"
+                f"learning rates ({self.learning_rate_options}), or use --pipeline.prior.dtype fp32"
             )
         return True

@@ -179,10 +179,11 @@ class PDSTrainer(Trainer):
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
         self.config.prepare_from_checkpoint()  # as save_config does, for trainers set up without it
         self._optimizer_stage = Stage.RECONSTRUCTION  # Trainer.setup builds the optimisers of `--optimizers`
-        self.nonfinite_guard = NonFiniteGuard(self.config.pipeline.max_nonfinite_steps)
-        self.stall = StallDetector(self.config.pipeline.stall_intervals)
         try:
             super().setup(test_mode)
+            learning_rates = self.pipeline.scene.learning_rate_options  # the advice names this scene kind's options
+            self.nonfinite_guard = NonFiniteGuard(self.config.pipeline.max_nonfinite_steps, learning_rates)
+            self.stall = StallDetector(self.config.pipeline.stall_intervals, learning_rates)
             schedule = self.pipeline.schedule
             # nerfstudio 1.1.5's progress printer divides the global step by max_num_iterations, which counts
             # from the loaded step ("1190 (396.67%)" and a wrong ETA on a resumed edit): give it the last step.
@@ -278,10 +279,7 @@ class PDSTrainer(Trainer):
         except torch.cuda.OutOfMemoryError:
             raise SystemExit(
                 f"error: out of GPU memory at step {step} ({self.pipeline.schedule.stage_at(step).value}). "
-                "To use less: --pipeline.render-scale 0.5 (stage 1 renders at half resolution), "
-                "--pipeline.render-chunk-size 4096, --pipeline.prior.dtype fp16, "
-                "--pipeline.prior.device cuda:1 (the prior on a second GPU), "
-                "--pipeline.datamanager.train-num-rays-per-batch 2048. The last checkpoint is intact: "
+                f"To use less: {self.pipeline.scene.memory_options}. The last checkpoint is intact: "
                 "resume with --load-dir"
             ) from None
         except NonFiniteTrainingError as error:

@@ -10,6 +10,9 @@ once, in :class:`pds_nerfstudio.edit.pipeline.EditPipeline`. A scene adapter ans
   :meth:`SceneAdapter.begin_edit`;
 - whether a checkpoint of another method is a starting scene of this kind: :meth:`SceneAdapter.starting_scene_problem`.
 
+It also names its own options for the core's advice messages (:attr:`SceneAdapter.learning_rate_options`,
+:attr:`SceneAdapter.memory_options`), so a user is never told to change an option their method lacks.
+
 Training on the training images (stages 0 and 2) is nerfstudio's own `VanillaPipeline` step, which the
 ray-based (nerfacto) and the full-image (splatfacto) datamanagers both serve.
 """
@@ -39,6 +42,11 @@ class SceneRender:
 
 class SceneAdapter(ABC):
     """One scene representation (its nerfstudio model) as the edit core sees it."""
+
+    learning_rate_options: str = "--edit-optimizers.<group>.optimizer.lr"
+    """The edit stages' learning rates as a user sets them on the command line (named by the advice messages)."""
+    memory_options: str = "--pipeline.render-scale 0.5 (stage 1 renders at half resolution)"
+    """The options that lower an edit's GPU memory, as the out-of-memory message lists them."""
 
     def __init__(self, model: Model) -> None:
         self.model = model

@@ -24,6 +24,12 @@ class NerfactoScene(SceneAdapter):
     """A nerfacto model; stage 1 renders a view chunk by chunk, deferring back-propagation when it has several."""
 
     model: NerfactoModel
+    learning_rate_options = "--edit-optimizers.fields.optimizer.lr (and proposal-networks)"
+    memory_options = (
+        "--pipeline.render-scale 0.5 (stage 1 renders at half resolution), --pipeline.render-chunk-size 4096, "
+        "--pipeline.prior.dtype fp16, --pipeline.prior.device cuda:1 (the prior on a second GPU), "
+        "--pipeline.datamanager.train-num-rays-per-batch 2048"
+    )
 
     def __init__(
         self, model: NerfactoModel, chunk_size: int, deferred: bool, proposal_losses: bool, fast_encoding: FastEncoding
