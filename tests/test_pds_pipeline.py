@@ -186,3 +186,15 @@ def test_face_scene_runs_stage1_at_reduced_resolution(face_scene: Path, tiny_pri
         assert torch.isfinite(loss)
         loss.backward()
     assert _grad_norms(pipeline.get_param_groups()["fields"]) > 0
+
+
+def test_every_draw_depends_on_its_seed_stream_and_index_only() -> None:
+    """The draws' seeds as they were before they had names (resumed and earlier runs redraw the same values),
+    and streams that never share a generator."""
+    from pds_nerfstudio.edit.draws import Stream, generator, stage1_view
+
+    for stream, index in ((Stream.GUIDANCE, 5), (Stream.SDEDIT, 5), (Stream.SDEDIT_ORDER, 2)):
+        assert generator(42, stream, index).initial_seed() == 42 * 1_000_003 + index * 7 + int(stream)
+    seeds = {generator(seed, stream, i).initial_seed() for seed in (0, 1) for stream in Stream for i in range(140_000)}
+    assert len(seeds) == 2 * len(Stream) * 140_000
+    assert stage1_view(42, 3, 11) == __import__("random").Random(42 * 1_000_003 + 3).randrange(11)

@@ -10,7 +10,6 @@ representation (nerfacto, splatfacto) is behind :class:`pds_nerfstudio.scenes.ba
 from __future__ import annotations
 
 import copy
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Type
@@ -32,6 +31,7 @@ from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
 from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.data.scene_checks import validate_scene
+from pds_nerfstudio.edit import draws
 from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
 from pds_nerfstudio.guidance.lora import check_lora
@@ -141,11 +141,6 @@ def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bo
         max_option = min_option.replace("min-", "max-")
         relation = "<=" if allow_equal else "<"
         raise ValueError(f"{min_option} and {max_option} must satisfy 0 <= min {relation} max <= 1, got {low} and {high}")
-
-
-def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
-    """A CPU generator that depends only on (seed, step, stream): resumed runs redraw the same values."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step * 7 + stream)
 
 
 class EditPipeline(VanillaPipeline):
@@ -271,7 +266,7 @@ class EditPipeline(VanillaPipeline):
     def view_for_step(self, step: int) -> int:
         """Training view of stage-1 step `step`: one view per `change_view_every` steps, drawn at random."""
         block = (step - self.schedule.start(Stage.PDS)) // self.config.change_view_every
-        return random.Random(self.config.seed * 1_000_003 + block).randrange(self.datamanager.num_train_images)
+        return draws.stage1_view(self.config.seed, block, self.datamanager.num_train_images)
 
     def render_cameras(self):
         """Training cameras at `render_scale` of their resolution, on the scene's device (cached per scale)."""
@@ -314,7 +309,7 @@ class EditPipeline(VanillaPipeline):
             self.source_latent(view, size) if needs_source else None,
             prior.text_embeddings([config.source_prompt]) if needs_source else None,
             weighting=config.weighting,
-            generator=step_generator(config.seed, step, 0),
+            generator=draws.generator(config.seed, draws.Stream.GUIDANCE, step),
             num_subset_steps=config.num_subset_steps,
             ratio_range=(config.min_step_ratio, config.max_step_ratio),
         )
@@ -365,13 +360,14 @@ class EditPipeline(VanillaPipeline):
         cycle, position = divmod(index, self.datamanager.num_train_images)
         if self.config.sdedit_order == "in-order":
             return position
-        order = torch.randperm(self.datamanager.num_train_images, generator=step_generator(self.config.seed, cycle, 2))
+        shuffle = draws.generator(self.config.seed, draws.Stream.SDEDIT_ORDER, cycle)
+        order = torch.randperm(self.datamanager.num_train_images, generator=shuffle)
         return int(order[position])
 
     def _replace_with_sdedit(self, step: int) -> None:
         """Replaces the training image of `sdedit_view(step)`; a function of the step, the renders and the options."""
         config = self.config
-        view, generator = self.sdedit_view(step), step_generator(config.seed, step, 1)
+        view, generator = self.sdedit_view(step), draws.generator(config.seed, draws.Stream.SDEDIT, step)
         assert self.stage1_renders is not None
         source = self.stage1_renders[view].to(self.device)
         height, width = source.shape[:2]
