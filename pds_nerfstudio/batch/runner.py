@@ -5,7 +5,7 @@ retry resumes the job from its last checkpoint in a new attempt folder, so nothi
 since that checkpoint. An `ns-train` that fails is reported, not retried.
 
 Each `ns-train` runs in a process group of its own, named in the job's status file, so that the batch can
-stop it, and whatever it started, on Ctrl-C (`stop_local_edits`) without waiting on Ray. It also dies with its
+stop it, and whatever it started, on Ctrl-C (`stop_edit_groups`) without waiting on Ray. It also dies with its
 worker (Linux's parent-death signal), so a cancelled or killed task leaves no orphan behind on any node.
 """
 
@@ -22,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
+import psutil
+
 from pds_nerfstudio.batch.plan import Job, finished_run, resume_from
-from pds_nerfstudio.batch.stopping import process_group, run_bounded, stop_processes
+from pds_nerfstudio.batch.stopping import alive, process_group, run_bounded, stop_processes
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -84,18 +86,46 @@ def run_job(job: Job, env: Dict[str, str]) -> Dict[str, Any]:
     return result
 
 
-def stop_local_edits(jobs: Iterable[Job], since: float, grace_s: float = 5.0) -> int:
-    """Stops the `ns-train` process groups of the jobs running on this machine, started at or after `since`
-    (an older status file may name a group that is long gone, its number reused): SIGTERM, SIGKILL after
-    `grace_s`. Their checkpoints stay (each is written whole, then renamed). Returns how many were running."""
+def local_edit_groups(jobs: Iterable[Job], since: float) -> List[int]:
+    """The `ns-train` process groups of the jobs running on this machine, started at or after `since` (an older
+    status file may name a group that is long gone, its number reused)."""
     host, groups = socket.gethostname(), []
     for job in jobs:
         status = read_status(job)
         if (status.get("state") == "running" and status.get("host") == host and status.get("process_group")
                 and status.get("started", 0) >= since):  # fmt: skip
             groups.append(int(status["process_group"]))
+    return groups
+
+
+def stop_edit_groups(groups: Iterable[int], grace_s: float = 5.0) -> None:
+    """Stops `ns-train` process groups: SIGTERM, SIGKILL after `grace_s`. Their checkpoints stay (each is written
+    whole, then renamed)."""
     stop_processes([process for pgid in groups for process in process_group(pgid)], grace_s)
-    return len(groups)
+
+
+def kill_local_ray(edit_groups: Iterable[int]) -> None:
+    """SIGKILLs, without asking Ray anything, every process this batch started that is not in one of
+    `edit_groups`: the local Ray's GCS, raylet and workers. Asked to cancel or shut down, or merely left running
+    while the edits end, Ray's driver threads in this process may complete a task that they have already failed
+    (its raylet died of the same Ctrl-C) and end the batch at a RAY_CHECK with exit status 1 (ray 2.60.0,
+    task_manager.cc:1329 "Tried to complete task that was not pending"; seen once in 2 runs under load). Killed
+    first, no Ray process is left to answer."""
+    edits = set(edit_groups)
+
+    def in_an_edit(process: psutil.Process) -> bool:
+        try:
+            return os.getpgid(process.pid) in edits
+        except OSError:
+            return False
+
+    ray_processes = [p for p in alive(psutil.Process().children(recursive=True)) if not in_an_edit(p)]
+    for process in ray_processes:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(ray_processes, timeout=2.0)
 
 
 def stop_ray(ray, pending: Iterable[Any], timeout_s: float = 10.0) -> bool:

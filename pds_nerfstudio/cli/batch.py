@@ -101,7 +101,7 @@ def _run(args: argparse.Namespace, todo: List[Any], jobs: List[Any], output: Pat
     except (KeyboardInterrupt, SystemExit) as stop:
         if isinstance(stop, SystemExit) and stop.code != signal.SIGTERM:  # ray.init's SIGTERM handler: sys.exit(15)
             raise
-        _stop(guard, pending, todo, started, output, jobs, results)
+        _stop(guard, pending, todo, started, output, jobs, results, local=not options.address)
 
 
 def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> None:
@@ -148,19 +148,25 @@ def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> N
 
 
 def _stop(guard, pending: Dict[Any, Any], todo, started: float, output: Path, jobs,
-          results: Dict[str, Dict[str, Any]]) -> NoReturn:  # fmt: skip
-    """Ctrl-C or SIGTERM: the running edits' ns-train first (their checkpoints stay), then Ray, then anything
-    the batch started that is still alive; the report; exit 130. The guard forces the exit if this takes too
-    long, or at a second Ctrl-C. Ray may be anywhere: starting, queueing tasks, running them, shutting down."""
-    from pds_nerfstudio.batch.runner import stop_local_edits, stop_marker, stop_ray
+          results: Dict[str, Dict[str, Any]], local: bool) -> NoReturn:  # fmt: skip
+    """Ctrl-C or SIGTERM: Ray and the running edits' ns-train (their checkpoints stay), then anything the batch
+    started that is still alive; the report; exit 130. The guard forces the exit if this takes too long, or at
+    a second Ctrl-C. Ray may be anywhere: starting, queueing tasks, running them, shutting down.
+
+    A local Ray is killed first and asked nothing (see :func:`pds_nerfstudio.batch.runner.kill_local_ray`); a
+    cluster's is asked to cancel this batch's tasks, whose ns-train run on other machines, in bounded time."""
+    from pds_nerfstudio.batch.runner import kill_local_ray, local_edit_groups, stop_edit_groups, stop_marker, stop_ray
     from pds_nerfstudio.batch.stopping import RESUME_HINT, stop_descendants
 
     guard.say("stopping: the running edits, then Ray (Ctrl-C again to force)")
     output.mkdir(parents=True, exist_ok=True)
     stop_marker(output).touch()  # first: a queued edit that gets a worker freed by the steps below starts nothing
-    stop_local_edits(todo, since=started)
+    edits = local_edit_groups(todo, since=started)
+    if local:
+        kill_local_ray(edits)
+    stop_edit_groups(edits)
     ray = sys.modules.get("ray")  # imported, perhaps not yet initialised
-    if ray is not None and hasattr(ray, "shutdown"):
+    if not local and ray is not None and hasattr(ray, "shutdown"):
         stop_ray(ray, pending)
     stop_descendants(grace_s=2.0)
     for job in todo:
