@@ -18,7 +18,7 @@ from conftest import described
 # A process that starts a child and then waits, either in Python (signal handlers run) or in C (they do not:
 # as in Ray's C++ waits). On StopRequested it enters a stop step that never returns.
 PROGRAM = textwrap.dedent("""
-    import ctypes, subprocess, sys, threading, time
+    import ctypes, os, signal, subprocess, sys, threading, time
     from pds_nerfstudio.batch.stopping import StopGuard, StopRequested, run_bounded
 
     guard = StopGuard("stop-test", bound_s=float(sys.argv[2])).install()
@@ -28,6 +28,16 @@ PROGRAM = textwrap.dedent("""
             print("waiting in python", flush=True)
             while True:
                 time.sleep(0.1)
+        if sys.argv[1] == "lost":
+            class Dropped:
+                def __del__(self):  # the handler runs in here, where Python can only drop its exception
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1.0)
+            Dropped()
+            print("past the dropped stop", flush=True)  # the handler has run: check must raise at once
+            guard.check()
+            print("check raised nothing", flush=True)
+            sys.exit(3)
         libc, mutex = ctypes.CDLL(None), ctypes.create_string_buffer(64)  # zeros: PTHREAD_MUTEX_INITIALIZER
         libc.pthread_mutex_lock(mutex)
         print("waiting in C", flush=True)
@@ -58,6 +68,23 @@ def test_a_second_signal_forces_the_exit_at_once(
         assert waiting.wait_exit(process, "the program after a second signal") == 130
     assert f"{signal.Signals(signum).name} again: forced the exit; run the same command to resume" in output.all()
     assert not left_behind(), described(left_behind())  # its `sleep` child was killed
+
+
+def test_a_stop_whose_exception_python_dropped_is_raised_again_by_check(
+    left_behind: Callable[[], list[psutil.Process]],
+) -> None:
+    """A signal handled inside a __del__ (or an at-fork hook, as while ray.init starts Ray's processes): its
+    StopRequested is dropped, without the noise of "Exception ignored", and `check` raises it again."""
+    with waiting.running(_program("lost", 10**6), merge_output=True) as process:
+        output = waiting.Output(process)
+        seen = output.until_any(("stopping on SIGINT", "check raised nothing"), "the stop, raised again by check")
+        assert "stopping on SIGINT" in seen, output.all()
+        process.send_signal(signal.SIGINT)
+        assert waiting.wait_exit(process, "the program after a second signal") == 130
+    text = output.all()
+    assert text.index("past the dropped stop") < text.index("stopping on SIGINT"), text
+    assert "Exception ignored" not in text and "Traceback" not in text, text
+    assert not left_behind(), described(left_behind())
 
 
 def test_the_bound_forces_the_exit_when_python_handlers_cannot_run(

@@ -128,7 +128,11 @@ class StopGuard:
         """`StopRequested` was raised (by the first signal that reached our handler)."""
         self._seen = False
         """The watcher has seen a first stop signal (whichever handler took it) and started the deadline."""
+        self._stopping = False
+        """The stop has begun (:meth:`begin_stop`): :meth:`check` has nothing left to raise."""
+        self._signum = signal.SIGINT
         self._wakeup_read = -1
+        self._report_unraisable = sys.unraisablehook
 
     def install(self) -> "StopGuard":
         """Call in the main thread before anything slow starts (Ray included)."""
@@ -137,6 +141,7 @@ class StopGuard:
         os.set_blocking(wakeup_write, False)
         signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
         self.arm()
+        sys.unraisablehook = self._unraisable
         threading.Thread(target=self._watch, daemon=True, name="pds-batch-stop-watch").start()
         return self
 
@@ -147,9 +152,26 @@ class StopGuard:
 
     def _handle(self, signum: int, frame) -> None:
         if not self._raised:
-            self._raised = True
+            self._raised, self._signum = True, signum
             raise StopRequested(signum)
         # A later signal: the watcher thread has seen it too and forces the exit.
+
+    def _unraisable(self, unraisable) -> None:
+        if isinstance(unraisable.exc_value, StopRequested):
+            return  # delivered where Python can only drop it: `check` raises it again
+        self._report_unraisable(unraisable)
+
+    def check(self) -> None:
+        """Raises the stop a signal asked for if its `StopRequested` was lost. Python runs signal handlers at
+        any safe point of the main thread, and an exception raised inside a ``__del__`` or an at-fork hook
+        (as while `ray.init` starts Ray's processes: seen once, in the 7th of the second series of loaded runs) is dropped with
+        "Exception ignored in ...". Call it wherever the batch can stop; the watcher bounds the rest."""
+        if self._raised and not self._stopping:
+            raise StopRequested(self._signum)
+
+    def begin_stop(self) -> None:
+        """The stop has begun: :meth:`check` raises nothing from now on."""
+        self._stopping = True
 
     def _watch(self) -> None:
         while True:

@@ -20,7 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, NoReturn, Optional, Sequence
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 PROG = "pds-batch"
 
@@ -91,8 +91,9 @@ def _run(args: argparse.Namespace, todo: List[Any], jobs: List[Any], output: Pat
         except ImportError as error:
             return _fail(str(error), 2)
         guard.arm()
+        guard.check()  # a Ctrl-C while Ray started whose exception Python dropped
         pending = submit(ray, todo, options)
-        _wait(ray, pending, results)
+        _wait(ray, pending, results, guard.check)
         if not stop_ray(ray, []):
             guard.say("note: Ray did not shut down in time; its processes were stopped")
             stop_descendants(grace_s=2.0)
@@ -104,8 +105,9 @@ def _run(args: argparse.Namespace, todo: List[Any], jobs: List[Any], output: Pat
         _stop(guard, pending, todo, started, output, jobs, results, local=not options.address)
 
 
-def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> None:
-    """Waits for every task, showing done, running, failed and an ETA; `pending` keeps the tasks not yet done."""
+def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]], check_stop: Callable[[], None]) -> None:
+    """Waits for every task, showing done, running, failed and an ETA; `pending` keeps the tasks not yet done.
+    `check_stop` raises a stop whose signal arrived while its exception could not be delivered."""
     from rich.live import Live
     from rich.table import Table
 
@@ -134,6 +136,7 @@ def _wait(ray, pending: Dict[Any, Any], results: Dict[str, Dict[str, Any]]) -> N
 
     with Live(view(), refresh_per_second=1, transient=True) as live:
         while pending:
+            check_stop()
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 job = pending.pop(ref)
@@ -158,6 +161,7 @@ def _stop(guard, pending: Dict[Any, Any], todo, started: float, output: Path, jo
     from pds_nerfstudio.batch.runner import kill_local_ray, local_edit_groups, stop_edit_groups, stop_marker, stop_ray
     from pds_nerfstudio.batch.stopping import RESUME_HINT, stop_descendants
 
+    guard.begin_stop()
     guard.say("stopping: the running edits, then Ray (Ctrl-C again to force)")
     output.mkdir(parents=True, exist_ok=True)
     stop_marker(output).touch()  # first: a queued edit that gets a worker freed by the steps below starts nothing
