@@ -163,9 +163,9 @@ class StopGuard:
 
     def check(self) -> None:
         """Raises the stop a signal asked for if its `StopRequested` was lost. Python runs signal handlers at
-        any safe point of the main thread, and an exception raised inside a ``__del__`` or an at-fork hook
-        (as while `ray.init` starts Ray's processes: seen once, in the 7th of the second series of loaded runs) is dropped with
-        "Exception ignored in ...". Call it wherever the batch can stop; the watcher bounds the rest."""
+        any safe point of the main thread, and an exception raised inside a ``__del__`` or an at-fork hook (as
+        while `ray.init` starts Ray's processes: seen once, in the loaded runs of the batch tests) is dropped
+        with "Exception ignored in ...". Call it wherever the batch can stop; the watcher bounds the rest."""
         if self._raised and not self._stopping:
             raise StopRequested(self._signum)
 
