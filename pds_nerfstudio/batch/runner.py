@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import psutil
 
 from pds_nerfstudio.batch.plan import Job, finished_run, resume_from
-from pds_nerfstudio.batch.stopping import alive, process_group, run_bounded, stop_processes
+from pds_nerfstudio.batch.stopping import kill_processes, process_group, run_bounded, stop_processes
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -119,13 +119,7 @@ def kill_local_ray(edit_groups: Iterable[int]) -> None:
         except OSError:
             return False
 
-    ray_processes = [p for p in alive(psutil.Process().children(recursive=True)) if not in_an_edit(p)]
-    for process in ray_processes:
-        try:
-            process.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(ray_processes, timeout=2.0)
+    kill_processes(p for p in psutil.Process().children(recursive=True) if not in_an_edit(p))
 
 
 def stop_ray(ray, pending: Iterable[Any], timeout_s: float = 10.0) -> bool:

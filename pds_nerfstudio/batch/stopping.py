@@ -73,12 +73,18 @@ def stop_processes(processes: Iterable[psutil.Process], grace_s: float) -> None:
         except psutil.Error:
             pass
     _, left = psutil.wait_procs(processes, timeout=grace_s)
-    for process in alive(left):
+    kill_processes(left)
+
+
+def kill_processes(processes: Iterable[psutil.Process]) -> None:
+    """SIGKILL, no grace; returns when they are gone (or after 2 s for the unkillable)."""
+    processes = alive(processes)
+    for process in processes:
         try:
             process.kill()
         except psutil.Error:
             pass
-    psutil.wait_procs(alive(left), timeout=2.0)
+    psutil.wait_procs(processes, timeout=2.0)
 
 
 def process_group(pgid: int) -> List[psutil.Process]:
@@ -132,7 +138,7 @@ class StopGuard:
         """The stop has begun (:meth:`begin_stop`): :meth:`check` has nothing left to raise."""
         self._signum = signal.SIGINT
         self._wakeup_read = -1
-        self._report_unraisable = sys.unraisablehook
+        self._report_unraisable = sys.__unraisablehook__
 
     def install(self) -> "StopGuard":
         """Call in the main thread before anything slow starts (Ray included)."""
@@ -141,7 +147,7 @@ class StopGuard:
         os.set_blocking(wakeup_write, False)
         signal.set_wakeup_fd(wakeup_write, warn_on_full_buffer=False)
         self.arm()
-        sys.unraisablehook = self._unraisable
+        self._report_unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisable
         threading.Thread(target=self._watch, daemon=True, name="pds-batch-stop-watch").start()
         return self
 

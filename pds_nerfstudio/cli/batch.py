@@ -162,7 +162,7 @@ def _stop(guard, pending: Dict[Any, Any], todo, started: float, output: Path, jo
     from pds_nerfstudio.batch.stopping import RESUME_HINT, stop_descendants
 
     guard.begin_stop()
-    guard.say("stopping: the running edits, then Ray (Ctrl-C again to force)")
+    guard.say("stopping: the running edits and Ray (Ctrl-C again to force)")
     output.mkdir(parents=True, exist_ok=True)
     stop_marker(output).touch()  # first: a queued edit that gets a worker freed by the steps below starts nothing
     edits = local_edit_groups(todo, since=started)

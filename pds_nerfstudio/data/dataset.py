@@ -30,6 +30,7 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 
 from pds_nerfstudio.data.image_io import to_8bit
 
+
 def has_transparency(path: Path) -> bool:
     """Whether the image at `path` has transparency (alpha or a transparent colour); reads its header only.
 

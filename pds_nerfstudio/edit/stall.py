@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from pds_nerfstudio.scenes.base import SceneAdapter
+
 RENDER_TOLERANCE = 1e-6
 """A render whose pixels all moved by at most this much (far below one 8-bit level) did not change: the
 parameters did not move (a learning rate at or near zero, frozen parameters, every step skipped)."""
@@ -33,8 +35,8 @@ class StallDetector:
     """Counts consecutive stage-1 logging intervals in which the scene did not change."""
 
     intervals: int
-    learning_rate_options: str = "--edit-optimizers.<group>.optimizer.lr"
-    """How this scene kind's edit learning rates are set (:attr:`pds_nerfstudio.scenes.base.SceneAdapter`)."""
+    learning_rate_options: str = SceneAdapter.learning_rate_options
+    """How this scene kind's edit learning rates are set (its adapter's)."""
     quiet: int = 0
     first_quiet_step: Optional[int] = None
     warned: bool = False

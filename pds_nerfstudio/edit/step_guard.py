@@ -20,6 +20,8 @@ from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.engine.optimizers import Optimizers
 
+from pds_nerfstudio.scenes.base import SceneAdapter
+
 
 class NonFiniteTrainingError(RuntimeError):
     """Training keeps producing non-finite losses or gradients; continuing would learn nothing."""
@@ -56,7 +58,7 @@ class GuardedOptimizers(Optimizers):
 class NonFiniteGuard:
     """Counts consecutive steps that were skipped for non-finite gradients or had a non-finite loss."""
 
-    def __init__(self, max_steps: int, learning_rate_options: str = "--edit-optimizers.<group>.optimizer.lr") -> None:
+    def __init__(self, max_steps: int, learning_rate_options: str = SceneAdapter.learning_rate_options) -> None:
         self.max_steps = max_steps
         self.learning_rate_options = learning_rate_options
         self.in_a_row = 0

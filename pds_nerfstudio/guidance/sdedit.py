@@ -21,7 +21,7 @@ def ddim_timesteps(
             f"num_inference_steps must be in [1, {num_train_timesteps}], got {num_inference_steps}"
         )
     ratio = num_train_timesteps // num_inference_steps
-    if not 0 <= steps_offset or (num_inference_steps - 1) * ratio + steps_offset >= num_train_timesteps:
+    if steps_offset < 0 or (num_inference_steps - 1) * ratio + steps_offset >= num_train_timesteps:
         raise ValueError(f"steps_offset {steps_offset} puts the last of {num_inference_steps} DDIM steps past "
                          f"t = {num_train_timesteps - 1}")  # fmt: skip
     return torch.arange(num_inference_steps, dtype=torch.long) * ratio + steps_offset

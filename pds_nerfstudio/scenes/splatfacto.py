@@ -70,7 +70,9 @@ class SplatfactoScene(SceneAdapter):
     """A splatfacto model; stage 1 renders a whole view in one rasterisation (its memory is the image's)."""
 
     model: SplatfactoModel
-    learning_rate_options = "--edit-optimizers.features-dc.optimizer.lr (colour) and --edit-optimizers.means.optimizer.lr"
+    learning_rate_options = (
+        "--edit-optimizers.features-dc.optimizer.lr (colour) and --edit-optimizers.means.optimizer.lr"
+    )
     memory_options = (
         "--pipeline.render-scale 0.5 (stage 1 renders at half resolution), --pipeline.prior.dtype fp16, "
         "--pipeline.prior.device cuda:1 (the prior on a second GPU)"
