@@ -71,3 +71,32 @@ def test_nerfstudios_known_deprecation_warnings_are_quiet_and_others_still_show(
 
     assert not _warnings_of(grad_scaler_warning("nerfstudio.engine.trainer"))
     assert _warnings_of(grad_scaler_warning("pds_nerfstudio.edit.trainer"))
+
+
+def test_external_method_stubs_stay_quiet_where_nerfstudio_builds_them_and_offer_the_install_elsewhere(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from nerfstudio.configs.external_methods import ExternalMethod, ExternalMethodDummyTrainerConfig
+    from nerfstudio.configs.method_configs import all_descriptions, all_methods
+
+    compat.install()
+    fast = ExternalMethodDummyTrainerConfig.__post_init__
+    reference = fast.pds_original  # nerfstudio 1.1.5's own, with inspect.stack()
+    method = ExternalMethod("Install me with `pip install some-method`.", configurations=[("some-method", "")])
+
+    def get_external_methods() -> object:  # the name nerfstudio's test looks for, two frames up
+        return ExternalMethodDummyTrainerConfig(method_name="some-method", method=method)
+
+    for post_init in (reference, fast):  # both agree: quiet here, the install offer (then exit 0) anywhere else
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(ExternalMethodDummyTrainerConfig, "__post_init__", post_init)
+            assert get_external_methods().method_name == "some-method"
+            assert "Install me" not in capsys.readouterr().out
+            with pytest.raises(SystemExit) as exit_:
+                ExternalMethodDummyTrainerConfig(method_name="some-method", method=method)
+            assert exit_.value.code == 0 and "Install me" in capsys.readouterr().out
+    assert ExternalMethodDummyTrainerConfig.__post_init__ is fast
+    compat.install()  # idempotent: wrapped once
+    assert ExternalMethodDummyTrainerConfig.__post_init__ is fast
+    stubs = [name for name, config in all_methods.items() if isinstance(config, ExternalMethodDummyTrainerConfig)]
+    assert len(stubs) > 10 and all(all_descriptions[name].startswith("[External") for name in stubs)
