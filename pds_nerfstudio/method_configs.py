@@ -26,9 +26,14 @@ from nerfstudio.plugins.types import MethodSpecification  # noqa: E402
 from pds_nerfstudio.data.datamanager import PDSDataManagerConfig  # noqa: E402
 from pds_nerfstudio.data.full_image_datamanager import PDSFullImageDataManagerConfig  # noqa: E402
 from pds_nerfstudio.edit.trainer import PDSTrainerConfig  # noqa: E402
-from pds_nerfstudio.scenes.nerfacto import NerfactoEditPipelineConfig  # noqa: E402
+from pds_nerfstudio.scenes.nerfacto import NerfactoEditPipelineConfig, NerfactoScene  # noqa: E402
 from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig  # noqa: E402
-from pds_nerfstudio.scenes.splatfacto import PDSSplatfactoModelConfig, SplatfactoEditPipelineConfig  # noqa: E402
+from pds_nerfstudio.scenes.splatfacto import (  # noqa: E402
+    PDSSplatfactoModelConfig,
+    SplatfactoEditPipelineConfig,
+    SplatfactoScene,
+    splatfacto_optimizers,
+)
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -110,41 +115,12 @@ pds_method = MethodSpecification(
             fast_encoding="compile" if HAS_CUDA else "off",
         ),
         optimizers=nerfacto_optimizers(),
+        edit_optimizers=NerfactoScene.edit_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     ),
     description="Text-driven scene editing with Posterior Distillation Sampling: reconstruction, PDS, refinement.",
 )
-
-
-def splatfacto_optimizers() -> dict:
-    """Splatfacto's optimizers and schedules as in nerfstudio 1.1.5's ``method_configs["splatfacto"]``."""
-    optimizers = {
-        "means": {
-            "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000),
-        },
-        **{
-            name: {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
-            for name, lr in (("features_dc", 0.0025), ("features_rest", 0.0025 / 20), ("opacities", 0.05),
-                             ("scales", 0.005), ("quats", 0.001))
-        },  # fmt: skip
-        "camera_opt": {
-            "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
-        },
-        "bilateral_grid": {
-            "optimizer": AdamOptimizerConfig(lr=2e-3, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
-        },
-    }
-    return optimizers
-
-
-def splat_edit_optimizers() -> dict:
-    """The authors' optimizers of `pds_splat` and `pds_splat_refinement` (splatfacto's per-parameter rates, means
-    decaying from 1.6e-4 to 1.6e-6 over 30,000 steps), started afresh in each edit stage; no camera optimizer."""
-    return {name: entry for name, entry in splatfacto_optimizers().items() if name not in ("camera_opt", "bilateral_grid")}
 
 
 def splat_datamanager() -> PDSFullImageDataManagerConfig:
@@ -183,7 +159,7 @@ pds_splat_method = MethodSpecification(
         machine=default_machine(),
         pipeline=SplatfactoEditPipelineConfig(datamanager=splat_datamanager(), model=PDSSplatfactoModelConfig()),
         optimizers=splatfacto_optimizers(),
-        edit_optimizers=splat_edit_optimizers(),
+        edit_optimizers=SplatfactoScene.edit_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
         vis="viewer",
     ),

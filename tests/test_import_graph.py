@@ -78,3 +78,10 @@ def test_the_reader_finds_imports_and_cycles() -> None:
 
 def test_no_module_imports_itself_through_others() -> None:
     assert cycles(import_graph()) == []
+
+
+def test_the_edit_core_reaches_scenes_only_through_their_port() -> None:
+    graph = import_graph()
+    core = {module: imported for module, imported in graph.items() if module.startswith("pds_nerfstudio.edit")}
+    reached = {other for imported in core.values() for other in imported if other.startswith("pds_nerfstudio.scenes")}
+    assert reached == {"pds_nerfstudio.scenes.base"}

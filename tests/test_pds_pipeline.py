@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,27 @@ def test_every_draw_depends_on_its_seed_stream_and_index_only() -> None:
     seeds = {generator(seed, stream, i).initial_seed() for seed in (0, 1) for stream in Stream for i in range(140_000)}
     assert len(seeds) == 2 * len(Stream) * 140_000
     assert stage1_view(42, 3, 11) == __import__("random").Random(42 * 1_000_003 + 3).randrange(11)
+
+
+def test_each_scene_kind_owns_its_edit_optimisers_and_its_starting_checkpoints_options() -> None:
+    from pds_nerfstudio.edit.trainer import PDSTrainerConfig
+    from pds_nerfstudio.method_configs import pds_method, pds_splat_method
+    from pds_nerfstudio.scenes.nerfacto import APPEARANCE_KEY, NerfactoEditPipelineConfig, NerfactoScene
+    from pds_nerfstudio.scenes.splatfacto import SplatfactoEditPipelineConfig, SplatfactoScene
+
+    assert set(NerfactoScene.edit_optimizers()) == {"fields", "proposal_networks"}
+    assert set(SplatfactoScene.edit_optimizers()) == {"means", "features_dc", "features_rest", "opacities", "scales", "quats"}
+    for method, kind in ((pds_method, NerfactoScene), (pds_splat_method, SplatfactoScene)):
+        assert method.config.pipeline.scene_kind is kind
+        assert method.config.edit_optimizers.keys() == kind.edit_optimizers().keys()
+    for pipeline in (NerfactoEditPipelineConfig(), SplatfactoEditPipelineConfig()):  # the default: the kind's own
+        assert PDSTrainerConfig(pipeline=pipeline).edit_optimizers.keys() == pipeline.scene_kind.edit_optimizers().keys()
+
+    model = copy.deepcopy(pds_method.config.pipeline.model)
+    assert not model.use_appearance_embedding  # the authors' recipe
+    assert NerfactoScene.adopt_starting_checkpoint(model, {}) is None and not model.use_appearance_embedding
+    message = NerfactoScene.adopt_starting_checkpoint(model, {APPEARANCE_KEY: torch.zeros(11, 8)})
+    assert model.use_appearance_embedding and model.appearance_embed_dim == 8 and "8 per view" in message
+    assert NerfactoScene.adopt_starting_checkpoint(model, {APPEARANCE_KEY: torch.zeros(11, 8)}) is None  # it fits
+    assert NerfactoScene.adopt_starting_checkpoint(model, {}) is None and not model.use_appearance_embedding
+    assert SplatfactoScene.adopt_starting_checkpoint(SplatfactoEditPipelineConfig().model, {APPEARANCE_KEY: 0}) is None

@@ -13,8 +13,8 @@ from pds_nerfstudio.guidance.prior import (
     DiffusionPrior,
     DiffusionPriorConfig,
     PriorLoadError,
-    validate_prompts,
 )
+from pds_nerfstudio.guidance.options import validate_prompts
 
 SOURCE = "a photo of a red sphere"
 TARGET = "a photo of a blue cube"

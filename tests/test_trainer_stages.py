@@ -11,7 +11,8 @@ from conftest import tiny_pds_config
 from pds_nerfstudio import compat
 from pds_nerfstudio.method_configs import nerfacto_optimizers
 from pds_nerfstudio.edit.stages import Stage
-from pds_nerfstudio.edit.trainer import PDSTrainer, PDSTrainerConfig, authors_edit_optimizers
+from pds_nerfstudio.edit.trainer import PDSTrainer, PDSTrainerConfig
+from pds_nerfstudio.scenes.nerfacto import NerfactoScene
 
 compat.allow_nerfstudio_checkpoints()
 
@@ -43,7 +44,7 @@ def test_each_edit_stage_starts_fresh_with_the_authors_warm_up_and_frozen_poses(
     poses = list(pipeline.model.camera_optimizer.parameters())
     assert set(trainer.optimizers.optimizers) == {"proposal_networks", "fields", "camera_opt"}
     reference = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-2)
-    warm_up = authors_edit_optimizers()["fields"]["scheduler"].setup().get_scheduler(reference, lr_init=1e-2)
+    warm_up = NerfactoScene.edit_optimizers()["fields"]["scheduler"].setup().get_scheduler(reference, lr_init=1e-2)
     reference.step()
     warm_up.step()
     lr_after_one_step = warm_up.get_last_lr()[0]  # 1e-2 * sin(pi / 2 / 1000): the authors' warm-up has begun

@@ -35,17 +35,11 @@ from jaxtyping import Float
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from pds_nerfstudio.guidance import guidance_gradient, sdedit, surrogate_loss
-from pds_nerfstudio.guidance.lora import check_lora
-from pds_nerfstudio.guidance.timesteps import subset_index_range
 from pds_nerfstudio.data.image_io import save_png, to_8bit
-from pds_nerfstudio.guidance.prior import (
-    DiffusionPrior,
-    DiffusionPriorConfig,
-    PriorLoadError,
-    validate_guidance_scale,
-    validate_prompts,
-)
+from pds_nerfstudio.guidance import sdedit, surrogate_loss
+from pds_nerfstudio.guidance.lora import check_lora
+from pds_nerfstudio.guidance.options import GuidanceOptions, validate_guidance_scale
+from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
 
 PROG = "pds-edit-image"
 DESCRIPTION = (
@@ -105,18 +99,21 @@ class UsageError(Exception):
     """A problem with the command line or the input files; reported in one line, exit status 2."""
 
 
+def guidance_options(config: EditImageConfig) -> GuidanceOptions:
+    """The edit's guidance, as every editor spells it."""
+    return GuidanceOptions(config.source_prompt, config.target_prompt, config.method, config.weighting,
+                           config.guidance_scale, config.min_step_ratio, config.max_step_ratio, NUM_SUBSET_STEPS)  # fmt: skip
+
+
 def validate_config(config: EditImageConfig) -> None:
     """Every check that needs no weights; raises UsageError naming the option."""
     try:
-        validate_prompts(config.source_prompt, config.target_prompt, option_prefix="--",
-                         needs_source=config.method != "sds")
-        validate_guidance_scale(config.guidance_scale, option="--guidance-scale")
+        guidance_options(config).validate_guidance("--")
         validate_guidance_scale(config.sdedit_guidance_scale, option="--sdedit-guidance-scale")
-        subset_index_range(NUM_SUBSET_STEPS, (config.min_step_ratio, config.max_step_ratio))
         if config.prior.lora is not None:
             check_lora(config.prior.lora, config.prior.model_id, "--prior.lora")
     except ValueError as err:
-        raise UsageError(str(err).replace("ratio_range", "--min-step-ratio/--max-step-ratio")) from err
+        raise UsageError(str(err)) from err
     if config.steps < 0:
         raise UsageError(f"--steps must be >= 0, got {config.steps}")
     if not config.lr > 0:
@@ -189,30 +186,16 @@ def edit_latent(
         TimeRemainingColumn,
     )
 
-    cond_tgt = prior.text_embeddings([config.target_prompt])
-    cond_src = prior.text_embeddings([config.source_prompt]) if config.method != "sds" else None
+    options = guidance_options(config)
     x0_tgt = x0_src.clone().requires_grad_(True)
     optimizer_cls = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adam
     optimizer = optimizer_cls([x0_tgt], lr=config.lr)
-    eps_fn = prior.eps_fn(config.guidance_scale)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"{config.method.upper()} editing", total=config.steps)
         for _ in range(config.steps):
-            output = guidance_gradient(
-                config.method,
-                x0_tgt.detach(),
-                eps_fn,
-                prior.alphas_cumprod,
-                cond_tgt,
-                x0_src if config.method != "sds" else None,
-                cond_src,
-                weighting=config.weighting,
-                generator=generator,
-                num_subset_steps=NUM_SUBSET_STEPS,
-                ratio_range=(config.min_step_ratio, config.max_step_ratio),
-            )
+            output = options.guidance_gradient(prior, x0_tgt, x0_src, generator)
             optimizer.zero_grad(set_to_none=True)
             surrogate_loss(x0_tgt, output.grad).backward()
             optimizer.step()
@@ -223,7 +206,7 @@ def edit_latent(
             latent,
             prior.eps_fn(config.sdedit_guidance_scale),
             prior.alphas_cumprod,
-            cond_tgt,
+            prior.text_embeddings([config.target_prompt]),
             num_steps=config.sdedit_steps,
             num_inference_steps=SDEDIT_NUM_INFERENCE_STEPS,
             generator=generator,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -33,36 +33,28 @@ from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.data.scene_checks import validate_scene
 from pds_nerfstudio.edit import draws
 from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, Stage, StageSchedule
-from pds_nerfstudio.guidance import GuidanceOutput, guidance_gradient, sample_sdedit_steps, sdedit, surrogate_loss
+from pds_nerfstudio.guidance import GuidanceOutput, sample_sdedit_steps, sdedit, surrogate_loss
 from pds_nerfstudio.guidance.lora import check_lora
-from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig, validate_guidance_scale, validate_prompts
+from pds_nerfstudio.guidance.options import GuidanceOptions, validate_guidance_scale, validate_prompts
+from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
 from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
 from pds_nerfstudio.scenes.base import SceneAdapter
 
 
+OPTION_PREFIX = "--pipeline."
+"""How `ns-train` spells the pipeline's options."""
+
+
 @dataclass
-class EditPipelineConfig(VanillaPipelineConfig):
-    """Edit a scene from a source prompt to a target prompt with PDS (the options every scene kind shares)."""
+class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
+    """Edit a scene from a source prompt to a target prompt with PDS (the options every scene kind shares; the
+    guidance's, from prompts to timesteps, are GuidanceOptions')."""
 
     _target: Type = field(default_factory=lambda: EditPipeline)
-    source_prompt: str = ""
-    """Text that describes the scene as it is (the source branch of PDS and DDS)."""
-    target_prompt: str = ""
-    """Text that describes the edited scene."""
+    scene_kind: ClassVar[Type[SceneAdapter]]
+    """The adapter class of the scene kind this config edits (its optimiser groups, its checkpoint adoption)."""
     prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
     """The Stable Diffusion prior: checkpoint (hub id or folder), dtype and device."""
-    method: Literal["pds", "sds", "dds"] = "pds"
-    """Guidance of stage 1: PDS, or the SDS and DDS baselines."""
-    weighting: Literal["authors", "paper"] = "authors"
-    """PDS weighting: the authors' code (z_tgt - z_src) or the paper's Eq. 16; same direction."""
-    guidance_scale: float = 100.0
-    """Classifier-free guidance of stage 1 (the authors use 30 to 100 depending on the edit)."""
-    min_step_ratio: float = 0.02
-    """Lowest timestep of stage 1, as a fraction of the subset of diffusion steps."""
-    max_step_ratio: float = 0.98
-    """Highest timestep of stage 1, as a fraction of the subset of diffusion steps."""
-    num_subset_steps: int = 500
-    """Size S of the timestep subset tau_i = i * T / S; t' = tau_{i-1} (SPEC step 3)."""
     reconstruction_iterations: int = 30000
     """Stage 0: iterations of the scene's own method (nerfacto, splatfacto) from scratch; skipped when a checkpoint
     is loaded (the run starts after it)."""
@@ -112,18 +104,14 @@ class EditPipelineConfig(VanillaPipelineConfig):
 
     def validate(self) -> None:
         """Refuses bad options before anything heavy loads (prompts, scales, ranges, counts)."""
-        validate_prompts(self.source_prompt, self.target_prompt, needs_source=self.method != "sds")
+        self.validate_guidance(OPTION_PREFIX)
         if self.prior.lora is not None:  # a LoRA of another base model is refused before anything loads
             check_lora(self.prior.lora, self.prior.model_id)
-        validate_guidance_scale(self.guidance_scale, "--pipeline.guidance-scale")
         validate_guidance_scale(self.sdedit_guidance_scale, "--pipeline.sdedit-guidance-scale")
         self.stage_schedule()
-        _check_ratio_range(self.min_step_ratio, self.max_step_ratio, "--pipeline.min-step-ratio", allow_equal=False)
-        _check_ratio_range(
-            self.sdedit_min_step_ratio, self.sdedit_max_step_ratio, "--pipeline.sdedit-min-step-ratio", allow_equal=True
-        )
-        for name in ("change_view_every", "sdedit_every", "log_every", "num_subset_steps", "stall_intervals",
-                     "max_nonfinite_steps", *self.positive_options()):
+        _check_sdedit_ratios(self.sdedit_min_step_ratio, self.sdedit_max_step_ratio)
+        for name in ("change_view_every", "sdedit_every", "log_every", "stall_intervals", "max_nonfinite_steps",
+                     *self.positive_options()):
             if getattr(self, name) < 1:
                 raise ValueError(f"--pipeline.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.render_scale <= 1.0:
@@ -136,11 +124,12 @@ class EditPipelineConfig(VanillaPipelineConfig):
         return ()
 
 
-def _check_ratio_range(low: float, high: float, min_option: str, allow_equal: bool) -> None:
-    if not (0.0 <= low <= high <= 1.0 and (allow_equal or low < high)):
-        max_option = min_option.replace("min-", "max-")
-        relation = "<=" if allow_equal else "<"
-        raise ValueError(f"{min_option} and {max_option} must satisfy 0 <= min {relation} max <= 1, got {low} and {high}")
+def _check_sdedit_ratios(low: float, high: float) -> None:
+    if not 0.0 <= low <= high <= 1.0:
+        raise ValueError(
+            "--pipeline.sdedit-min-step-ratio and --pipeline.sdedit-max-step-ratio must satisfy "
+            f"0 <= min <= max <= 1, got {low} and {high}"
+        )
 
 
 class EditPipeline(VanillaPipeline):
@@ -187,7 +176,7 @@ class EditPipeline(VanillaPipeline):
     def _on_prompt_change(self, _: ViewerText) -> None:
         source, target = self.viewer_source_prompt.value, self.viewer_target_prompt.value
         try:
-            validate_prompts(source, target, needs_source=self.config.method != "sds")
+            validate_prompts(source, target, OPTION_PREFIX, needs_source=self.config.method != "sds")
         except ValueError as error:
             CONSOLE.print(f"[bold yellow]Prompt not changed: {error}")
             return
@@ -299,20 +288,8 @@ class EditPipeline(VanillaPipeline):
         prior = self.prior()
         size = self._prior_size(*rgb.shape[:2])
         x0_tgt = prior.encode(to_prior_input(rgb, size))
-        needs_source = config.method != "sds"
-        result = guidance_gradient(
-            config.method,
-            x0_tgt.detach(),
-            prior.eps_fn(config.guidance_scale),
-            prior.alphas_cumprod,
-            prior.text_embeddings([config.target_prompt]),
-            self.source_latent(view, size) if needs_source else None,
-            prior.text_embeddings([config.source_prompt]) if needs_source else None,
-            weighting=config.weighting,
-            generator=draws.generator(config.seed, draws.Stream.GUIDANCE, step),
-            num_subset_steps=config.num_subset_steps,
-            ratio_range=(config.min_step_ratio, config.max_step_ratio),
-        )
+        x0_src = self.source_latent(view, size) if config.needs_source else None
+        result = config.guidance_gradient(prior, x0_tgt, x0_src, draws.generator(config.seed, draws.Stream.GUIDANCE, step))
         return config.pds_loss_mult * surrogate_loss(x0_tgt, result.grad).to(self.device), result
 
     def _log_guidance(self, step: int, view: int, render: Tensor, grad: Tensor) -> None:

@@ -5,7 +5,7 @@
 - nerfstudio's progress column (step, percent, ETA) counts toward that global step.
 - A checkpoint is saved at the end of every stage, so that each stage's result can be loaded.
 - Each edit stage starts with fresh optimisers (`edit_optimizers`) and frozen camera poses.
-- A checkpoint of another method (stock `ns-train nerfacto`, `pds-nerfacto`) is a starting
+- A checkpoint of another method (the scene kind's stock method, or our reconstruction) is a starting
   scene: its model weights load, its optimiser state is ignored, and the run starts where
   stage 1 starts, skipping reconstruction. A `pds` checkpoint resumes exactly.
 """
@@ -20,8 +20,6 @@ from typing import Any, Dict, List, Literal, Optional, Type
 
 import torch
 
-from nerfstudio.engine.optimizers import AdamOptimizerConfig
-from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.decorators import check_main_thread
@@ -32,22 +30,6 @@ from pds_nerfstudio.guidance.prior import PriorLoadError
 from pds_nerfstudio.edit.stages import Stage, stored_stage_lengths
 from pds_nerfstudio.edit.stall import StallDetector
 from pds_nerfstudio.edit.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
-
-APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
-"""Where a nerfacto checkpoint keeps its per-view appearance codes (nerfstudio 1.1.5)."""
-
-
-def authors_edit_optimizers() -> Dict[str, Any]:
-    """The optimisers of the authors' `pds` and `pds_refinement` configs: Adam at 1e-2 after a 1000-step warm-up,
-    decaying toward 1e-3, for the field and the proposal networks; no camera optimiser (the poses stay frozen)."""
-    return {
-        group: {
-            "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
-            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-3, warmup_steps=1000),
-        }
-        for group in ("proposal_networks", "fields")
-    }
-
 
 def validate_learning_rates(optimizers: Dict[str, Any], option: str) -> None:
     """Refuses a learning rate that is not a positive number: nerfstudio 1.1.5's exponential schedule divides by
@@ -67,14 +49,20 @@ class PDSTrainerConfig(TrainerConfig):
     """Trainer of the `pds` method; `--max-num-iterations` is replaced by the sum of the stage lengths."""
 
     _target: Type = field(default_factory=lambda: PDSTrainer)
-    edit_optimizers: Dict[str, Any] = field(default_factory=lambda: authors_edit_optimizers())
+    edit_optimizers: Dict[str, Any] = field(default_factory=dict)
     """Optimisers and schedules of the edit stages (1 and 2), started afresh (new Adam state, the schedule
     from its first step) where each of those stages starts, as the authors' separate PDS and refinement runs
-    do (`load_scheduler=False`). Parameter groups without an entry here (nerfacto's `camera_opt`) are frozen
-    during the edit. `--optimizers` applies to the reconstruction (stage 0)."""
+    do (`load_scheduler=False`). Parameter groups without an entry here (the camera optimiser's) are frozen
+    during the edit. Empty: the scene kind's own (`SceneAdapter.edit_optimizers`). `--optimizers` applies to
+    the reconstruction (stage 0)."""
     edit_mixed_precision: bool = False
     """Mixed precision in the edit stages (the authors' edit runs use none; `--mixed-precision` applies to the
     reconstruction)."""
+
+    def __post_init__(self) -> None:
+        scene_kind = getattr(self.pipeline, "scene_kind", None)
+        if not self.edit_optimizers and scene_kind is not None:
+            self.edit_optimizers = scene_kind.edit_optimizers()
 
     def save_config(self) -> None:
         """Refuses bad options and an occupied run folder before anything is written, then saves config.yml."""
@@ -116,8 +104,8 @@ class PDSTrainerConfig(TrainerConfig):
         return path
 
     def prepare_from_checkpoint(self) -> None:
-        """Checks a resumed edit against its checkpoint and adopts the starting scene's appearance embedding,
-        before anything is written (see :meth:`_check_resume` and :meth:`_adopt_appearance`)."""
+        """Checks a resumed edit against its checkpoint and fits the model options to a starting scene, before
+        anything is written (see :meth:`_check_resume` and :meth:`_adopt_starting_scene`)."""
         path = self.checkpoint_path()
         if path is None:
             return
@@ -126,7 +114,7 @@ class PDSTrainerConfig(TrainerConfig):
         stored = stored_stage_lengths(pipeline_state)
         if stored is not None:
             self._check_resume(path, int(state["step"]), stored)
-        self._adopt_appearance(path, pipeline_state)
+        self._adopt_starting_scene(path, pipeline_state)
 
     def _check_resume(self, path: Path, step: int, stored: List[int]) -> None:
         """A resumed edit keeps its stage lengths (the stage of a step, and the stage-2 images replayed on resume,
@@ -147,28 +135,13 @@ class PDSTrainerConfig(TrainerConfig):
             )
             raise SystemExit(0)
 
-    def _adopt_appearance(self, path: Path, pipeline_state: Dict[str, Any]) -> None:
-        """The scene model has an appearance embedding exactly when the starting checkpoint has one.
-
-        Our methods reconstruct without one (the authors' recipe), stock `ns-train nerfacto` with one
-        code per view: such a scene still starts an edit, with the embedding, which the edit replaces by
-        its average and freezes (:meth:`NerfactoScene.begin_edit`). Runs before config.yml is written,
-        so that `ns-render` builds the same model.
-        """
-        model = self.pipeline.model
-        if not hasattr(model, "use_appearance_embedding"):  # not a nerfacto scene
-            return
-        weight = pipeline_state.get(APPEARANCE_KEY)
-        dim = int(weight.shape[1]) if weight is not None and weight.ndim == 2 else 0
-        if (dim > 0) == bool(model.use_appearance_embedding) and (dim == 0 or dim == model.appearance_embed_dim):
-            return
-        model.use_appearance_embedding = dim > 0
-        if dim > 0:
-            model.appearance_embed_dim = dim
-            CONSOLE.print(
-                f"{path} has per-view appearance codes ({dim} per view, as stock nerfacto trains): the edit starts "
-                "from their average, frozen, so that the edit changes the scene rather than one code per view"
-            )
+    def _adopt_starting_scene(self, path: Path, pipeline_state: Dict[str, Any]) -> None:
+        """The scene kind fits its model options to a starting checkpoint of another method (its appearance
+        codes, say), before config.yml is written, so that `ns-render` builds the same model."""
+        scene_kind = getattr(self.pipeline, "scene_kind", None)
+        message = scene_kind.adopt_starting_checkpoint(self.pipeline.model, pipeline_state) if scene_kind else None
+        if message is not None:
+            CONSOLE.print(f"{path} {message}")
 
 
 class PDSTrainer(Trainer):

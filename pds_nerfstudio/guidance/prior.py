@@ -19,6 +19,7 @@ from torch import Tensor
 from pds_nerfstudio.guidance import EpsFn
 from pds_nerfstudio.guidance.hub import hub_offline, looks_like_local_path
 from pds_nerfstudio.guidance.lora import apply_lora, check_lora
+from pds_nerfstudio.guidance.options import validate_guidance_scale
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
@@ -58,35 +59,6 @@ class DiffusionPriorConfig:
 
 class PriorLoadError(RuntimeError):
     """The prior's weights could not be loaded; the message says which option to change and how."""
-
-
-def validate_guidance_scale(guidance_scale: float, option: str = "--pipeline.guidance-scale") -> None:
-    """Refuse a classifier-free guidance weight <= 0 (or not finite) before anything loads."""
-    if not (guidance_scale > 0 and guidance_scale != float("inf")):
-        raise ValueError(f"guidance scale must be a finite number > 0, got {guidance_scale}: set {option}")
-
-
-def validate_prompts(
-    source: str,
-    target: str,
-    option_prefix: str = "--pipeline.",
-    needs_source: bool = True,
-) -> None:
-    """Refuse an empty target (or, where the method compares two prompts, source) prompt; warn when equal.
-
-    Raises:
-        ValueError: a prompt is empty or whitespace, naming the option that sets it.
-    """
-    if not target.strip():
-        raise ValueError(f"target prompt is empty: set {option_prefix}target-prompt")
-    if needs_source and not source.strip():
-        raise ValueError(f"source prompt is empty: set {option_prefix}source-prompt (it describes the input)")
-    if needs_source and source.strip() == target.strip():
-        warnings.warn(
-            f"source and target prompts are identical ({target!r}): the edit direction is zero, "
-            "so the result will stay close to the input",
-            stacklevel=2,
-        )
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -10,22 +10,20 @@ from torch import Tensor
 
 
 def subset_index_range(
-    num_subset_steps: int, ratio_range: tuple[float, float]
+    num_subset_steps: int, ratio_range: tuple[float, float], option: str = "ratio_range"
 ) -> tuple[int, int]:
-    """Half-open range [low, high) of subset indices i for a ratio range of S.
+    """Half-open range [low, high) of subset indices i for a ratio range of S (`option`: how errors name it).
 
     low is floor(min * S), raised to 1 so that tau_{i-1} exists; high is floor(max * S).
     """
     low_ratio, high_ratio = ratio_range
     if not 0.0 <= low_ratio < high_ratio <= 1.0:
-        raise ValueError(
-            f"ratio_range must satisfy 0 <= min < max <= 1, got {ratio_range}"
-        )
+        raise ValueError(f"{option} must satisfy 0 <= min < max <= 1, got {ratio_range}")
     low = max(math.floor(low_ratio * num_subset_steps), 1)
     high = math.floor(high_ratio * num_subset_steps)
     if high <= low:
         raise ValueError(
-            f"ratio_range {ratio_range} of {num_subset_steps} subset steps contains no index "
+            f"{option} {ratio_range} of {num_subset_steps} subset steps contains no index "
             f"i >= 1 (need one so that t_prev = tau_(i-1) >= 0); widen the range"
         )
     return low, high

@@ -8,10 +8,13 @@ once, in :class:`pds_nerfstudio.edit.pipeline.EditPipeline`. A scene adapter ans
   stall probe): :meth:`SceneAdapter.render_still`;
 - which parameters the edit stages freeze, and what else changes where the edit starts:
   :meth:`SceneAdapter.begin_edit`;
-- whether a checkpoint of another method is a starting scene of this kind: :meth:`SceneAdapter.starting_scene_problem`.
+- whether a checkpoint of another method is a starting scene of this kind: :meth:`SceneAdapter.starting_scene_problem`,
+  and what its model options must become to load it: :meth:`SceneAdapter.adopt_starting_checkpoint`.
 
-It also names its own options for the core's advice messages (:attr:`SceneAdapter.learning_rate_options`,
-:attr:`SceneAdapter.memory_options`), so a user is never told to change an option their method lacks.
+It also owns what the core would otherwise have to know of the representation: the edit stages' optimiser groups
+(:meth:`SceneAdapter.edit_optimizers`) and its own options for the core's advice messages
+(:attr:`SceneAdapter.learning_rate_options`, :attr:`SceneAdapter.memory_options`), so a user is never told to
+change an option their method lacks.
 
 Training on the training images (stages 0 and 2) is nerfstudio's own `VanillaPipeline` step, which the
 ray-based (nerfacto) and the full-image (splatfacto) datamanagers both serve.
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from jaxtyping import Float
@@ -71,6 +74,19 @@ class SceneAdapter(ABC):
     @abstractmethod
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         """Why a checkpoint's pipeline state cannot start an edit of this scene (None: it can)."""
+
+    @classmethod
+    @abstractmethod
+    def edit_optimizers(cls) -> Dict[str, Any]:
+        """The edit stages' optimisers and schedules by parameter group, in nerfstudio's `--optimizers` layout (the
+        default of `--edit-optimizers`). Groups without an entry are frozen during the edit."""
+
+    @classmethod
+    def adopt_starting_checkpoint(cls, model_config: Any, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
+        """Changes `model_config` so that the model it builds loads `pipeline_state`, a checkpoint of another
+        method, and returns what to tell the user of it (None: nothing changed). Runs before config.yml is
+        written, so that `ns-render` builds the same model."""
+        return None
 
 
 def freeze(parameters: List[torch.nn.Parameter]) -> List[torch.nn.Parameter]:

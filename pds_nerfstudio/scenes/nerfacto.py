@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Mapping, Optional, Tuple, Type
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.models.nerfacto import NerfactoModel
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
+from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from pds_nerfstudio.data.datamanager import PDSDataManagerConfig
 from pds_nerfstudio.edit.pipeline import EditPipeline, EditPipelineConfig
@@ -18,6 +20,9 @@ from pds_nerfstudio.fast.fast_encoding import FastEncoding, accelerate_hash_enco
 from pds_nerfstudio.scenes.base import SceneAdapter, SceneRender, freeze
 from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig
 from pds_nerfstudio.scenes.nerfacto_render import render_view
+
+APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
+"""Where a nerfacto checkpoint keeps its per-view appearance codes (nerfstudio 1.1.5)."""
 
 
 class NerfactoScene(SceneAdapter):
@@ -79,12 +84,50 @@ class NerfactoScene(SceneAdapter):
             )
         return None
 
+    @classmethod
+    def edit_optimizers(cls) -> Dict[str, Any]:
+        """The optimisers of the authors' `pds` and `pds_refinement` configs: Adam at 1e-2 after a 1000-step
+        warm-up, decaying toward 1e-3, for the field and the proposal networks; no camera optimiser (the poses
+        stay frozen)."""
+        return {
+            group: {
+                "optimizer": AdamOptimizerConfig(lr=1e-2, eps=1e-15),
+                "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-3, warmup_steps=1000),
+            }
+            for group in ("proposal_networks", "fields")
+        }
+
+    @classmethod
+    def adopt_starting_checkpoint(
+        cls, model_config: NerfactoModelConfig, pipeline_state: Mapping[str, Tensor]
+    ) -> Optional[str]:
+        """The model has an appearance embedding exactly when the starting checkpoint has one.
+
+        Our methods reconstruct without one (the authors' recipe), stock `ns-train nerfacto` with one code per
+        view: such a scene still starts an edit, with the embedding, which the edit replaces by its average and
+        freezes (:meth:`begin_edit`).
+        """
+        weight = pipeline_state.get(APPEARANCE_KEY)
+        dim = int(weight.shape[1]) if weight is not None and weight.ndim == 2 else 0
+        used = bool(model_config.use_appearance_embedding)
+        if (dim > 0) == used and (dim == 0 or dim == model_config.appearance_embed_dim):
+            return None
+        model_config.use_appearance_embedding = dim > 0
+        if dim == 0:
+            return None
+        model_config.appearance_embed_dim = dim
+        return (
+            f"has per-view appearance codes ({dim} per view, as stock nerfacto trains): the edit starts from their "
+            "average, frozen, so that the edit changes the scene rather than one code per view"
+        )
+
 
 @dataclass
 class NerfactoEditPipelineConfig(EditPipelineConfig):
     """Edit a nerfacto scene from a source prompt to a target prompt with PDS (`ns-train pds`)."""
 
     _target: Type = field(default_factory=lambda: EditPipeline)
+    scene_kind: ClassVar[Type[SceneAdapter]] = NerfactoScene
     datamanager: PDSDataManagerConfig = field(default_factory=PDSDataManagerConfig)
     """Training images, cached in memory so that stage 2 can replace them."""
     model: OfflineNerfactoModelConfig = field(default_factory=OfflineNerfactoModelConfig)

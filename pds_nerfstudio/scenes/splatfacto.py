@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, List, Mapping, Optional, Type
+from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Type
 
 import torch
 from jaxtyping import Float
@@ -19,6 +19,8 @@ from torch import Tensor
 
 import nerfstudio.models.splatfacto as splatfacto_module
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.optimizers import AdamOptimizerConfig
+from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 
 from pds_nerfstudio.data.full_image_datamanager import PDSFullImageDataManagerConfig
@@ -66,6 +68,30 @@ class PDSSplatfactoModel(SplatfactoModel):
             return super().get_outputs(camera)
 
 
+def splatfacto_optimizers() -> dict:
+    """Splatfacto's optimizers and schedules as in nerfstudio 1.1.5's ``method_configs["splatfacto"]``."""
+    optimizers = {
+        "means": {
+            "optimizer": AdamOptimizerConfig(lr=1.6e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1.6e-6, max_steps=30000),
+        },
+        **{
+            name: {"optimizer": AdamOptimizerConfig(lr=lr, eps=1e-15), "scheduler": None}
+            for name, lr in (("features_dc", 0.0025), ("features_rest", 0.0025 / 20), ("opacities", 0.05),
+                             ("scales", 0.005), ("quats", 0.001))
+        },  # fmt: skip
+        "camera_opt": {
+            "optimizer": AdamOptimizerConfig(lr=1e-4, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=5e-7, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
+        },
+        "bilateral_grid": {
+            "optimizer": AdamOptimizerConfig(lr=2e-3, eps=1e-15),
+            "scheduler": ExponentialDecaySchedulerConfig(lr_final=1e-4, max_steps=30000, warmup_steps=1000, lr_pre_warmup=0),
+        },
+    }
+    return optimizers
+
+
 class SplatfactoScene(SceneAdapter):
     """A splatfacto model; stage 1 renders a whole view in one rasterisation (its memory is the image's)."""
 
@@ -110,12 +136,20 @@ class SplatfactoScene(SceneAdapter):
             return "it is not a splatfacto scene checkpoint; start from a run of `ns-train splatfacto` or `ns-train pds-splatfacto`"
         return None
 
+    @classmethod
+    def edit_optimizers(cls) -> Dict[str, Any]:
+        """The authors' optimisers of `pds_splat` and `pds_splat_refinement` (splatfacto's per-parameter rates,
+        means decaying from 1.6e-4 to 1.6e-6 over 30,000 steps), started afresh in each edit stage; no camera
+        optimiser."""
+        return {name: entry for name, entry in splatfacto_optimizers().items() if name not in ("camera_opt", "bilateral_grid")}
+
 
 @dataclass
 class SplatfactoEditPipelineConfig(EditPipelineConfig):
     """Edit a splatfacto scene from a source prompt to a target prompt with PDS (`ns-train pds-splat`)."""
 
     _target: Type = field(default_factory=lambda: EditPipeline)
+    scene_kind: ClassVar[Type[SceneAdapter]] = SplatfactoScene
     datamanager: PDSFullImageDataManagerConfig = field(default_factory=PDSFullImageDataManagerConfig)
     """Whole training images, cached in memory so that stage 2 can replace them."""
     model: PDSSplatfactoModelConfig = field(default_factory=PDSSplatfactoModelConfig)
