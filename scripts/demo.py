@@ -20,20 +20,18 @@ exits non-zero when the edit did not reach its target.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from pds_nerfstudio.commands import BIN, command_env, run_command, shown
 from pds_nerfstudio.fidelity import StageRenderMeasures
 from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS, edit_schedule_options
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 OBJECTS = ("red sphere",)
 SCENE_SIZE = 64
@@ -140,34 +138,16 @@ def render_command(layout: Layout, sizes: Sizes) -> list[str]:
             "--interpolation-steps", str(sizes.interpolation_steps), "--frame-rate", "12"]  # fmt: skip
 
 
-def shown(args: Sequence[str]) -> str:
-    """A command as a user types it: console scripts and the interpreter by name, paths kept."""
-    head = "python" if args[0] == sys.executable else Path(args[0]).name
-    return shlex.join([head, *args[1:]])
-
-
-def child_env(gpu: bool) -> dict[str, str]:
-    """The environment of the commands: this one, with the hub offline (the prior is a local folder).
-
-    On CPU, one torch thread per process unless OMP_NUM_THREADS is set: on 2 cores shared with
-    other work, two OpenMP threads that wait on each other made training 3 to 5 times slower here;
-    one thread is about 1.4 times slower than two on an idle machine.
-    """
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    if not gpu and "OMP_NUM_THREADS" not in os.environ:
-        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return env
-
-
 def run(args: list[str], env: dict[str, str] | None) -> float:
     """Prints a command, then runs it in `env` (None: a dry run, not run); exits on failure. Returns its duration."""
-    print(f"\n$ {shown(args)}", flush=True)
+    print(flush=True)
     if env is None:
+        print(f"$ {shown(args)}", flush=True)
         return 0.0
-    start = time.monotonic()
-    if subprocess.call(args, cwd=REPO, env=env) != 0:
+    seconds, status = run_command(args, env)
+    if status != 0:
         sys.exit(f"demo: `{Path(args[0]).name}` failed; its output is above.")
-    return time.monotonic() - start
+    return seconds
 
 
 def new_output_root(base: Path, create: bool = True) -> Path:
@@ -310,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"demo: {'GPU' if gpu else 'CPU'} sizes; outputs in {layout.root}; embedded prior {prior_dir}")
     print(f"demo: stages of {sizes.reconstruction} + {sizes.pds} + {sizes.refinement} iterations "
           f"(reconstruction + PDS + refinement), {SOURCE_PROMPT!r} -> {TARGET_PROMPT!r}")  # fmt: skip
-    env = None if args.dry_run else child_env(gpu)
+    env = None if args.dry_run else command_env(one_thread=not gpu)
     durations = {
         "scene": run(scene_command(layout), env),
         "ns-train pds": run(train_command(layout, prior_dir, sizes), env),

@@ -19,14 +19,9 @@ machine), the method reaches `ns-train` through nerfstudio's NERFSTUDIO_METHOD_C
 from __future__ import annotations
 
 import argparse
-import os
-import shlex
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Optional
 
@@ -34,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pds_nerfstudio.commands import command_env, console_script, run_command
 from pds_nerfstudio.data.scene_checks import read_header, read_transforms, transforms_path, validate_scene
 from pds_nerfstudio.edit.stages import StageSchedule
 from pds_nerfstudio.fixtures.small_nerfacto import NO_EVALUATION_OPTIONS
@@ -53,20 +49,6 @@ class Step:
     seconds: float
     ok: bool
     found: str
-
-
-def console_script(name: str) -> str:
-    """The console script the user's shell would run: on PATH, else beside this interpreter."""
-    return shutil.which(name) or str(Path(sys.executable).parent / name)
-
-
-def command_env() -> dict[str, str]:
-    """This environment, with the plugin reachable by `ns-train` and `ns-render` even when it is not installed."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if "pds" not in entry_points(group="nerfstudio.method_configs").names:
-        env["NERFSTUDIO_METHOD_CONFIGS"] = "pds=pds_nerfstudio.method_configs:pds_method"
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    return env
 
 
 def resolve_prior(choice: str, out_dir: Path) -> Path:
@@ -96,17 +78,9 @@ def render_command(config: Path, frames: Path) -> list[str]:
 
 def run(name: str, command: list[str], env: dict[str, str], log: Path) -> tuple[float, int]:
     """Runs a command with its output on the console and in ``log``; returns its seconds and exit status."""
-    print(f"$ {shlex.join(command)}", flush=True)
-    started = time.monotonic()
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert process.stdout is not None
-        for line in process.stdout:
-            sys.stdout.write(line)
-            out.write(line)
-        status = process.wait()
-    print(f"{name}: exit status {status} after {time.monotonic() - started:.0f} s", flush=True)
-    return time.monotonic() - started, status
+    seconds, status = run_command(command, env, log, echo=True, cwd=None)
+    print(f"{name}: exit status {status} after {seconds:.0f} s", flush=True)
+    return seconds, status
 
 
 def check_training(run_dir: Path, log: Path, iterations: list[int], status: int) -> tuple[bool, str]:
@@ -157,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.out_dir.exists() and any(args.out_dir.iterdir()):
         parser.error(f"{args.out_dir} is not empty: give a new folder")
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    env = command_env()
+    env = command_env(one_thread=not torch.cuda.is_available())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     steps: list[Step] = []
 

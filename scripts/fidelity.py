@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,8 +39,9 @@ from typing import Sequence
 
 import numpy as np
 
+from pds_nerfstudio.commands import BIN, command_env, log_tail, run_command, shown
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 METHODS = ("pds", "sds", "dds")
 STAGES = ("pds", "refinement")
 """The measured results: the end of stage 1 and the end of stage 2."""
@@ -181,30 +180,15 @@ def chains(args: argparse.Namespace, out: Path) -> list[Chain]:
 # ------------------------------------------------------------------------------------------------ commands
 
 
-def shown(args: Sequence[object]) -> str:
-    head = "python" if str(args[0]) == sys.executable else Path(str(args[0])).name
-    return shlex.join([head, *map(str, args[1:])])
-
-
-def child_env() -> dict[str, str]:
-    """Offline, and one torch thread per process unless OMP_NUM_THREADS is set (the chains share the cores)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("MKL_NUM_THREADS", env["OMP_NUM_THREADS"])
-    return env
-
-
 def run(args: list, log: Path, dry_run: bool) -> None:
-    """Prints and runs a command, its output to `log`; raises with the log's tail when it fails."""
-    print(f"$ {shown(args)}", flush=True)
+    """Prints and runs a command, its output to `log` (one torch thread per command unless OMP_NUM_THREADS is set:
+    the chains share the cores); raises with the log's tail when it fails."""
     if dry_run:
+        print(f"$ {shown(args)}", flush=True)
         return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as sink:
-        code = subprocess.call([str(a) for a in args], cwd=REPO, env=child_env(), stdout=sink, stderr=subprocess.STDOUT)
+    _, code = run_command(args, command_env(), log, echo=False)
     if code != 0:
-        tail = "\n".join(log.read_text().splitlines()[-15:])
-        raise RuntimeError(f"{tail}\n`{Path(str(args[0])).name}` failed (exit {code}); log: {log}")
+        raise RuntimeError(f"{log_tail(log)}\n`{Path(str(args[0])).name}` failed (exit {code}); log: {log}")
 
 
 def common_options(args: argparse.Namespace, chain: Chain, kind: str) -> list:

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from pds_nerfstudio.commands import BIN, command_env, run_command
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -43,12 +42,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def run(args: list, log: Path) -> None:
-    print("$ " + " ".join(map(str, args)), flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("OMP_NUM_THREADS", "1")
-    with open(log, "w") as sink:
-        if subprocess.call([str(a) for a in args], cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT) != 0:
-            sys.exit(f"personalize_benchmark: `{Path(str(args[0])).name}` failed; log: {log}")
+    """Prints and runs a command, its output to `log`; exits on failure."""
+    if run_command(args, command_env(), log, echo=False)[1] != 0:
+        sys.exit(f"personalize_benchmark: `{Path(str(args[0])).name}` failed; log: {log}")
 
 
 def losses(scene: Path, lora: Path, prompts: dict[str, str]) -> dict:

@@ -105,18 +105,6 @@ def test_output_root_is_new_each_run(demo: ModuleType, tmp_path: Path) -> None:
     assert not planned.exists() and not (tmp_path / "dry").exists()
 
 
-def test_child_environment_is_offline_and_one_thread_per_process_on_cpu(
-    demo: ModuleType, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    cpu, gpu = demo.child_env(gpu=False), demo.child_env(gpu=True)
-    assert cpu["HF_HUB_OFFLINE"] == gpu["HF_HUB_OFFLINE"] == "1"
-    assert cpu["OMP_NUM_THREADS"] == "1" and "OMP_NUM_THREADS" not in gpu
-    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # a user's own setting wins
-    assert demo.child_env(gpu=False)["OMP_NUM_THREADS"] == "4"
-
-
 def test_summary_names_every_output_and_the_real_weights_commands(demo: ModuleType, tmp_path: Path) -> None:
     layout = demo.Layout(tmp_path / "out")
     for stage in ("reconstruction", "pds", "refinement"):
