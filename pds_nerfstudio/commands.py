@@ -62,12 +62,12 @@ def run_command(
     print(f"$ {shown(args)}", flush=True)
     started = time.monotonic()
     command = [str(arg) for arg in args]
-    if log is None and echo:
-        status = subprocess.call(command, cwd=cwd, env=env)
+    if log is None:  # the console, or nowhere
+        status = subprocess.call(command, cwd=cwd, env=env, stdout=None if echo else subprocess.DEVNULL,
+                                 stderr=None if echo else subprocess.STDOUT)  # fmt: skip
         return time.monotonic() - started, status
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log if log is not None else os.devnull, "w") as sink:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as sink:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert process.stdout is not None
         _copy_lines(process.stdout, sink, echo)

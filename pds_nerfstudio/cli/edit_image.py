@@ -101,8 +101,11 @@ class UsageError(Exception):
 
 def guidance_options(config: EditImageConfig) -> GuidanceOptions:
     """The edit's guidance, as every editor spells it."""
-    return GuidanceOptions(config.source_prompt, config.target_prompt, config.method, config.weighting,
-                           config.guidance_scale, config.min_step_ratio, config.max_step_ratio, NUM_SUBSET_STEPS)  # fmt: skip
+    return GuidanceOptions(
+        source_prompt=config.source_prompt, target_prompt=config.target_prompt, method=config.method,
+        weighting=config.weighting, guidance_scale=config.guidance_scale, min_step_ratio=config.min_step_ratio,
+        max_step_ratio=config.max_step_ratio, num_subset_steps=NUM_SUBSET_STEPS,
+    )  # fmt: skip
 
 
 def validate_config(config: EditImageConfig) -> None:

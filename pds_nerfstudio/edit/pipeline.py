@@ -35,7 +35,7 @@ from pds_nerfstudio.edit import draws
 from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, sample_sdedit_steps, sdedit, surrogate_loss
 from pds_nerfstudio.guidance.lora import check_lora
-from pds_nerfstudio.guidance.options import GuidanceOptions, validate_guidance_scale, validate_prompts
+from pds_nerfstudio.guidance.options import GuidanceOptions, flag, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
 from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
 from pds_nerfstudio.scenes.base import SceneAdapter
@@ -109,11 +109,15 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
             check_lora(self.prior.lora, self.prior.model_id)
         validate_guidance_scale(self.sdedit_guidance_scale, "--pipeline.sdedit-guidance-scale")
         self.stage_schedule()
-        _check_sdedit_ratios(self.sdedit_min_step_ratio, self.sdedit_max_step_ratio)
+        if not 0.0 <= self.sdedit_min_step_ratio <= self.sdedit_max_step_ratio <= 1.0:
+            raise ValueError(
+                f"{flag(OPTION_PREFIX, 'sdedit_min_step_ratio')} and {flag(OPTION_PREFIX, 'sdedit_max_step_ratio')} must "
+                f"satisfy 0 <= min <= max <= 1, got {self.sdedit_min_step_ratio} and {self.sdedit_max_step_ratio}"
+            )
         for name in ("change_view_every", "sdedit_every", "log_every", "stall_intervals", "max_nonfinite_steps",
                      *self.positive_options()):
             if getattr(self, name) < 1:
-                raise ValueError(f"--pipeline.{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"{flag(OPTION_PREFIX, name)} must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"--pipeline.render-scale must be in (0, 1], got {self.render_scale}")
         if isinstance(self.datamanager.dataparser, NerfstudioDataParserConfig):  # other formats: their parser checks
@@ -122,14 +126,6 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     def positive_options(self) -> Tuple[str, ...]:
         """Scene-specific integer options that must be >= 1."""
         return ()
-
-
-def _check_sdedit_ratios(low: float, high: float) -> None:
-    if not 0.0 <= low <= high <= 1.0:
-        raise ValueError(
-            "--pipeline.sdedit-min-step-ratio and --pipeline.sdedit-max-step-ratio must satisfy "
-            f"0 <= min <= max <= 1, got {low} and {high}"
-        )
 
 
 class EditPipeline(VanillaPipeline):
@@ -176,7 +172,7 @@ class EditPipeline(VanillaPipeline):
     def _on_prompt_change(self, _: ViewerText) -> None:
         source, target = self.viewer_source_prompt.value, self.viewer_target_prompt.value
         try:
-            validate_prompts(source, target, OPTION_PREFIX, needs_source=self.config.method != "sds")
+            validate_prompts(source, target, OPTION_PREFIX, needs_source=self.config.needs_source)
         except ValueError as error:
             CONSOLE.print(f"[bold yellow]Prompt not changed: {error}")
             return
