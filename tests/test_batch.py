@@ -102,7 +102,7 @@ def test_a_killed_worker_has_its_edit_resumed_from_its_last_checkpoint(
     runs, first_run = tmp_path / "runs", tmp_path / "runs" / "blue" / "pds" / "seed0-1"
     with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
         output = waiting.Output(batch)
-        waiting.wait_for(lambda: _checkpoints(runs, "blue"), batch, "a checkpoint of attempt 1")
+        waiting.wait_for(lambda: _checkpoints(runs, "blue"), batch, "a checkpoint of attempt 1", output)
         edit = _status(runs, "blue")["process_group"]
         os.killpg(edit, signal.SIGSTOP)  # held where it is: it cannot finish before its worker dies
         assert int(_checkpoints(runs, "blue")[-1].stem.split("-")[1]) < 60 + 4 + 2 - 1
@@ -129,9 +129,9 @@ def test_ctrl_c_stops_the_batch_cleanly(
     runs = tmp_path / "runs"
     with waiting.running(_batch_command(path), user_env, tmp_path, merge_output=True) as batch:
         output = waiting.Output(batch)
-        groups = waiting.wait_for(lambda: _process_groups(runs, ("blue", "green")), batch, "two running edits")
+        groups = waiting.wait_for(lambda: _process_groups(runs, ("blue", "green")), batch, "two running edits", output)
         assert all(psutil.Process(group).nice() == psutil.Process(batch.pid).nice() for group in groups)  # not Ray's 15
-        waiting.wait_for(lambda: _checkpoints(runs, "blue"), batch, "a checkpoint of the first edit")
+        waiting.wait_for(lambda: _checkpoints(runs, "blue"), batch, "a checkpoint of the first edit", output)
         os.killpg(batch.pid, signal.SIGINT)
         assert waiting.wait_exit(batch, "pds-batch after Ctrl-C") == 130, output.all()[-3000:]
     text = output.all()
@@ -156,7 +156,7 @@ def _stop_a_long_edit(
     path = _edits_file(folder, scene, prior, edits, **_stages(100000, 2, 2))
     with waiting.running(_batch_command(path), env, folder, merge_output=True) as batch:
         output = waiting.Output(batch)
-        waiting.wait_for(lambda: ready(batch, folder / "runs"), batch, "the moment to signal")
+        waiting.wait_for(lambda: ready(batch, folder / "runs"), batch, "the moment to signal", output)
         before_signal(batch)
         batch.send_signal(signum)
         assert waiting.wait_exit(batch, "pds-batch after the signal") == 130, output.all()[-3000:]

@@ -54,8 +54,9 @@ def test_sigkill_mid_refinement_then_load_dir_resumes_in_stage_2(
     models = tmp_path / tiny_scene.name / "pds" / "killed" / "nerfstudio_models"
     with waiting.running([console_script(args[0]), *args[1:], "--timestamp", "killed"], user_env, tmp_path,
                          merge_output=True) as process:  # fmt: skip
-        waiting.Output(process)  # its output is read (and dropped), so a full pipe never blocks it
-        waiting.wait_for(lambda: (models / "step-000000016.ckpt").exists(), process, "a checkpoint in stage 2")
+        output = waiting.Output(process)  # read as it comes, so a full pipe never blocks it
+        waiting.wait_for(lambda: (models / "step-000000016.ckpt").exists(), process, "a checkpoint in stage 2",
+                         output)  # fmt: skip
         process.send_signal(signal.SIGKILL)
         process.wait()
     last = max(int(p.stem.split("-")[1]) for p in models.glob("step-*.ckpt"))

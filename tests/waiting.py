@@ -146,15 +146,21 @@ def running(args: Sequence[str], env: Optional[dict[str, str]] = None, cwd: Opti
             process.wait(timeout=60)  # after SIGKILL
 
 
-def wait_for(event: Callable[[], Optional[T]], process: subprocess.Popen, what: str) -> T:
-    """Polls `event` until it returns something truthy; fails if `process` exits first, or hangs."""
+def wait_for(event: Callable[[], Optional[T]], process: subprocess.Popen, what: str,
+             output: Optional[Output] = None) -> T:  # fmt: skip
+    """Polls `event` until it returns something truthy; fails if `process` exits first (with the end of
+    its `output` where a reader has it), or hangs."""
     guard = HangGuard(process.pid, what)
     while True:
         value = event()
         if value:
             return value
         if process.poll() is not None:
-            raise Exited(f"{what}: the process exited ({process.returncode}) before it happened")
+            value = event()  # it may have happened just before the exit
+            if value:
+                return value
+            tail = f":\n{output.all()[-3000:]}" if output is not None else ""
+            raise Exited(f"{what}: the process exited ({process.returncode}) before it happened{tail}")
         guard.check()
         time.sleep(POLL_S)
 
