@@ -25,15 +25,21 @@ from nerfstudio.plugins.types import MethodSpecification  # noqa: E402
 
 from pds_nerfstudio.data.datamanager import PDSDataManagerConfig  # noqa: E402
 from pds_nerfstudio.data.full_image_datamanager import PDSFullImageDataManagerConfig  # noqa: E402
+from pds_nerfstudio.edit.pipeline import EditPipelineConfig  # noqa: E402
 from pds_nerfstudio.edit.trainer import PDSTrainerConfig  # noqa: E402
-from pds_nerfstudio.scenes.nerfacto import NerfactoEditPipelineConfig, NerfactoScene  # noqa: E402
+from pds_nerfstudio import legacy_configs  # noqa: E402
+from pds_nerfstudio.moved_flags import refuse_moved_flags  # noqa: E402
+from pds_nerfstudio.scenes.nerfacto import NerfactoScene, NerfactoSceneConfig  # noqa: E402
 from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig  # noqa: E402
 from pds_nerfstudio.scenes.splatfacto import (  # noqa: E402
     PDSSplatfactoModelConfig,
-    SplatfactoEditPipelineConfig,
     SplatfactoScene,
+    SplatfactoSceneConfig,
     splatfacto_optimizers,
 )
+
+refuse_moved_flags()
+legacy_configs.register()
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -105,14 +111,14 @@ pds_method = MethodSpecification(
         max_num_iterations=75000,
         mixed_precision=HAS_CUDA,
         machine=default_machine(),
-        pipeline=NerfactoEditPipelineConfig(
+        pipeline=EditPipelineConfig(
             datamanager=PDSDataManagerConfig(
                 dataparser=NerfstudioDataParserConfig(),
                 train_num_rays_per_batch=4096,
                 eval_num_rays_per_batch=4096,
             ),
             model=nerfacto_model(),
-            fast_encoding="compile" if HAS_CUDA else "off",
+            scene=NerfactoSceneConfig(fast_encoding="compile" if HAS_CUDA else "off"),
         ),
         optimizers=nerfacto_optimizers(),
         edit_optimizers=NerfactoScene.edit_optimizers(),
@@ -157,7 +163,8 @@ pds_splat_method = MethodSpecification(
         max_num_iterations=75000,
         mixed_precision=False,
         machine=default_machine(),
-        pipeline=SplatfactoEditPipelineConfig(datamanager=splat_datamanager(), model=PDSSplatfactoModelConfig()),
+        pipeline=EditPipelineConfig(datamanager=splat_datamanager(), model=PDSSplatfactoModelConfig(),
+                                    scene=SplatfactoSceneConfig()),  # fmt: skip
         optimizers=splatfacto_optimizers(),
         edit_optimizers=SplatfactoScene.edit_optimizers(),
         viewer=ViewerConfig(num_rays_per_chunk=1 << 15),

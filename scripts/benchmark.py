@@ -5,11 +5,11 @@
 
 Modes (same scene, prior weights and seeds, in one run):
   authors: fp32 prior, one UNet call of batch 2 per branch, whole-view render with every chunk's graph kept,
-           nerfstudio's hash encoding as shipped (--pipeline.fast-encoding off).
+           nerfstudio's hash encoding as shipped (--pipeline.scene.fast-encoding off).
   ours:    the `pds` defaults: half-precision prior on CUDA, one batched UNet call, deferred back-propagation,
-           the hash encoding under torch.compile (--pipeline.fast-encoding compile, also on CPU here; its
+           the hash encoding under torch.compile (--pipeline.scene.fast-encoding compile, also on CPU here; its
            compilation happens in the warm-up iterations).
-  triton:  ours with the fused Triton hash encoding (--pipeline.fast-encoding triton); on the GPU only by
+  triton:  ours with the fused Triton hash encoding (--pipeline.scene.fast-encoding triton); on the GPU only by
            default (on CPU it runs in Triton's interpreter).
   splat:   `ns-train pds-splat` (Gaussian splats: gsplat on the GPU, the reference rasteriser on CPU) at the
            largest size, its Gaussians started from the scene's point cloud; on the GPU only by default.
@@ -139,8 +139,8 @@ def build(scene: Path, prior: Path, device: torch.device, mode: str, tiny: bool)
     config.log_every = 10**9
     ours = mode != "authors"
     if mode != "splat":
-        config.deferred_backprop = ours
-        config.fast_encoding = {"authors": "off", "ours": "compile", "triton": "triton"}[mode]
+        config.scene.deferred_backprop = ours
+        config.scene.fast_encoding = {"authors": "off", "ours": "compile", "triton": "triton"}[mode]
     config.prior.model_id = str(prior)
     config.prior.device = str(device)
     config.prior.dtype = "fp16" if ours and device.type == "cuda" else "fp32"
@@ -183,7 +183,7 @@ class ModeBench:
 
     def render_at(self, scale: float, chunk: int) -> int:
         """Stage 1 renders at `scale` of the training resolution, `chunk` rays at a time; returns its first step."""
-        self.pipeline.config.render_scale, self.pipeline.config.render_chunk_size = scale, chunk
+        self.pipeline.config.render_scale, self.pipeline.config.scene.render_chunk_size = scale, chunk
         return self.pipeline.schedule.start(Stage.PDS)
 
     def stage1(self, scale: float, chunk: int) -> tuple[float, Optional[float], Optional[float]]:
@@ -227,7 +227,7 @@ class ModeBench:
     def diffusion_half(self) -> float:
         """ms of `EditPipeline.guidance_loss` and its backward into a full-resolution image (no render)."""
         pipeline = self.pipeline
-        start = self.render_at(1.0, pipeline.config.render_chunk_size)
+        start = self.render_at(1.0, pipeline.config.scene.render_chunk_size)
         cameras, view = pipeline.render_cameras(), pipeline.view_for_step(start)
         rgb = torch.rand(int(cameras.height[view]), int(cameras.width[view]), 3, device=self.device, requires_grad=True)
 
@@ -443,7 +443,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
                         help="default: authors ours, and triton and splat on the GPU")
     parser.add_argument("--render-chunk-sizes", type=int, nargs="+", default=[0],
-                        help="rays per stage-1 chunk of ours and triton (--pipeline.render-chunk-size; 0: the pipeline's "
+                        help="rays per stage-1 chunk of ours and triton (--pipeline.scene.render-chunk-size; 0: the pipeline's "
                              "default): the first at every render size, the others at the largest, one row each; "
                              "e.g. 0 8192 4096 for the memory of smaller cards")  # fmt: skip
     parser.add_argument("--iterations", type=int, default=10, help="timed iterations (median)")
@@ -487,7 +487,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         context = f"scene {scene.name} ({short_side} px), prior {prior.name}, median of {args.iterations} after {args.warmup}"
         print(context, flush=True)
         report = Report(device, context, args.output)
-        chunks = [chunk or pds_method.config.pipeline.render_chunk_size for chunk in args.render_chunk_sizes]
+        chunks = [chunk or pds_method.config.pipeline.scene.render_chunk_size for chunk in args.render_chunk_sizes]
         for mode in sorted(modes, key=MODES.index):
             build_mode = functools.partial(build, scene, prior, device, mode, tiny)
             measure_mode(mode, plan(mode, resolutions, chunks), build_mode, args, short_side, out_of_time, report)

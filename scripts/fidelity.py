@@ -4,7 +4,7 @@
     python scripts/fidelity.py OUT_DIR --matrix quick     # 2 edits x 1 seed: about 25 min on 2 cores
     python scripts/fidelity.py OUT_DIR --edits "red sphere:blue sphere" --seeds 0 1 --methods pds
     python scripts/fidelity.py OUT_DIR --scene-kinds splat  # PDS on Gaussian splats only (`ns-train pds-splat`)
-    python scripts/fidelity.py OUT_DIR --options --pipeline.pds-proposal-losses True   # measure an option
+    python scripts/fidelity.py OUT_DIR --options --pipeline.scene.pds-proposal-losses True   # measure an option
 
 For every edit and seed (a "chain", run in parallel with --workers):
 1. `make_scene`: a one-object procedural scene (layout from the seed) with masks, depth and scene.json.

@@ -127,11 +127,15 @@ def tiny_prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
-    """A `pds` pipeline config at test sizes: tiny nerfacto, the tiny prior, on CPU."""
+    """A `pds` pipeline config at test sizes: tiny nerfacto, the tiny prior, on CPU. Options of nerfacto's scene
+    config (`render_chunk_size`, ...) go to `scene`, the others to the pipeline."""
+    from dataclasses import fields
+
     from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
     from pds_nerfstudio.data.datamanager import PDSDataManagerConfig
+    from pds_nerfstudio.edit.pipeline import EditPipelineConfig
     from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig
-    from pds_nerfstudio.scenes.nerfacto import NerfactoEditPipelineConfig
+    from pds_nerfstudio.scenes.nerfacto import NerfactoSceneConfig
     from pds_nerfstudio.guidance.prior import DiffusionPriorConfig
 
     options: dict = dict(
@@ -144,7 +148,10 @@ def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
         render_chunk_size=512,  # two chunks of a 32x32 view: stage 1 defers back-propagation, as at real sizes
     )
     options.update(pipeline_options)
-    return NerfactoEditPipelineConfig(
+    scene_names = {option.name for option in fields(NerfactoSceneConfig)}
+    scene_options = {name: options.pop(name) for name in list(options) if name in scene_names}
+    return EditPipelineConfig(
+        scene=NerfactoSceneConfig(**scene_options),
         datamanager=PDSDataManagerConfig(
             dataparser=NerfstudioDataParserConfig(data=scene), train_num_rays_per_batch=128, eval_num_rays_per_batch=128
         ),

@@ -1,4 +1,4 @@
-"""--pipeline.fast-encoding compile against nerfstudio's plain hash encoding, on CPU: values, gradients, checkpoints.
+"""--pipeline.scene.fast-encoding compile against nerfstudio's plain hash encoding, on CPU: values, gradients, checkpoints.
 
 Every hash encoding here has the tiny `pds` field's shape (4 levels of 2^12 entries), so one
 compiled graph, built once per process, serves the encoding, the field and the pipelines.

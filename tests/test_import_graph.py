@@ -85,3 +85,10 @@ def test_the_edit_core_reaches_scenes_only_through_their_port() -> None:
     core = {module: imported for module, imported in graph.items() if module.startswith("pds_nerfstudio.edit")}
     reached = {other for imported in core.values() for other in imported if other.startswith("pds_nerfstudio.scenes")}
     assert reached == {"pds_nerfstudio.scenes.base"}
+
+
+def test_scene_adapters_sit_below_the_edit_core() -> None:
+    """The adapters import the core's port, never the core: the pipeline config composes them, not they it."""
+    graph = import_graph()
+    scenes = {module: imported for module, imported in graph.items() if module.startswith("pds_nerfstudio.scenes")}
+    assert not {other for imported in scenes.values() for other in imported if other.startswith("pds_nerfstudio.edit")}

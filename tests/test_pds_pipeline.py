@@ -204,16 +204,18 @@ def test_every_draw_depends_on_its_seed_stream_and_index_only() -> None:
 def test_each_scene_kind_owns_its_edit_optimisers_and_its_starting_checkpoints_options() -> None:
     from pds_nerfstudio.edit.trainer import PDSTrainerConfig
     from pds_nerfstudio.method_configs import pds_method, pds_splat_method
-    from pds_nerfstudio.scenes.nerfacto import APPEARANCE_KEY, NerfactoEditPipelineConfig, NerfactoScene
-    from pds_nerfstudio.scenes.splatfacto import SplatfactoEditPipelineConfig, SplatfactoScene
+    from pds_nerfstudio.edit.pipeline import EditPipelineConfig
+    from pds_nerfstudio.scenes.nerfacto import APPEARANCE_KEY, NerfactoScene, NerfactoSceneConfig
+    from pds_nerfstudio.scenes.splatfacto import SplatfactoScene, SplatfactoSceneConfig
 
     assert set(NerfactoScene.edit_optimizers()) == {"fields", "proposal_networks"}
     assert set(SplatfactoScene.edit_optimizers()) == {"means", "features_dc", "features_rest", "opacities", "scales", "quats"}
     for method, kind in ((pds_method, NerfactoScene), (pds_splat_method, SplatfactoScene)):
         assert method.config.pipeline.scene_kind is kind
         assert method.config.edit_optimizers.keys() == kind.edit_optimizers().keys()
-    for pipeline in (NerfactoEditPipelineConfig(), SplatfactoEditPipelineConfig()):  # the default: the kind's own
-        assert PDSTrainerConfig(pipeline=pipeline).edit_optimizers.keys() == pipeline.scene_kind.edit_optimizers().keys()
+    for pipeline in (EditPipelineConfig(scene=NerfactoSceneConfig()), EditPipelineConfig(scene=SplatfactoSceneConfig())):
+        trainer = PDSTrainerConfig(pipeline=pipeline)  # the default: the kind's own
+        assert trainer.edit_optimizers.keys() == pipeline.scene_kind.edit_optimizers().keys()
 
     model = copy.deepcopy(pds_method.config.pipeline.model)
     assert not model.use_appearance_embedding  # the authors' recipe
@@ -222,4 +224,4 @@ def test_each_scene_kind_owns_its_edit_optimisers_and_its_starting_checkpoints_o
     assert model.use_appearance_embedding and model.appearance_embed_dim == 8 and "8 per view" in message
     assert NerfactoScene.adopt_starting_checkpoint(model, {APPEARANCE_KEY: torch.zeros(11, 8)}) is None  # it fits
     assert NerfactoScene.adopt_starting_checkpoint(model, {}) is None and not model.use_appearance_embedding
-    assert SplatfactoScene.adopt_starting_checkpoint(SplatfactoEditPipelineConfig().model, {APPEARANCE_KEY: 0}) is None
+    assert SplatfactoScene.adopt_starting_checkpoint(pds_splat_method.config.pipeline.model, {APPEARANCE_KEY: 0}) is None

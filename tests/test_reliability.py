@@ -106,7 +106,7 @@ def test_out_of_gpu_memory_stops_with_the_memory_saving_options(tmp_path: Path, 
         trainer.train_iteration(12)
     message = str(stopped.value)
     assert "out of GPU memory at step 12 (pds)" in message
-    for option in ("--pipeline.render-scale", "--pipeline.render-chunk-size", "--pipeline.prior.dtype", "--load-dir"):
+    for option in ("--pipeline.render-scale", "--pipeline.scene.render-chunk-size", "--pipeline.prior.dtype", "--load-dir"):
         assert option in message
 
 

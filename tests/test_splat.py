@@ -81,7 +81,7 @@ def test_ns_render_and_ns_viewer_load_the_edit(splat_run: Path, user_env: dict[s
     assert "Done loading checkpoint" in output, output[-4000:]
 
 
-@pytest.mark.parametrize("densify", [False, True], ids=["authors: no densification", "--pipeline.edit-densify"])
+@pytest.mark.parametrize("densify", [False, True], ids=["authors: no densification", "--pipeline.scene.edit-densify"])
 def test_pds_splat_starts_from_a_splatfacto_scene(
     splat_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path, densify: bool
 ) -> None:
@@ -97,7 +97,7 @@ def test_pds_splat_starts_from_a_splatfacto_scene(
     # Stage 1 runs steps 600-602: splatfacto would densify at 600 (past its warm-up, a multiple of refine_every).
     output = run_cli(["ns-train", "pds-splat", "--data", str(splat_scene), "--output-dir", str(tmp_path),
                       "--timestamp", "edit", "--load-dir", str(models), *SPLAT_OPTIONS,
-                      "--pipeline.edit-densify", str(densify), *_edit_args(tiny_prior_dir, (600, 3, 2))],
+                      "--pipeline.scene.edit-densify", str(densify), *_edit_args(tiny_prior_dir, (600, 3, 2))],
                      user_env, cwd=tmp_path).stdout  # fmt: skip
     assert "Reconstruction skipped: the edit starts at step 600" in " ".join(output.split())
     edit = tmp_path / splat_scene.name / "pds-splat" / "edit" / "nerfstudio_models"

@@ -1,6 +1,7 @@
 """An edit never fails silently: non-finite steps are skipped (by nerfstudio's GradScaler under mixed precision,
 by our guard without it) and a run of them stops the edit; a stalled edit is reported. nerfstudio's real
-trainer step on CPU, with a CPU GradScaler where mixed precision is tested."""
+trainer step on CPU, with a CPU GradScaler where mixed precision is tested, on the stub scene kind (the guard and
+the stall detector are the edit core's, the same for every kind)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_trainer_stages import make_trainer
+from stub_scene import stub_trainer
 
 from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.edit.stall import StallDetector
@@ -39,9 +40,9 @@ def _poison(trainer, monkeypatch: pytest.MonkeyPatch, bad_steps: set[int], value
 
 @pytest.fixture
 def trainer(tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path):
-    trainer = make_trainer(tiny_scene, tiny_prior_dir, tmp_path, max_nonfinite_steps=3, pds_iterations=8)
+    trainer = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, max_nonfinite_steps=3, pds_iterations=8)
     assert isinstance(trainer.optimizers, GuardedOptimizers)
-    trainer.use_optimizers_of(Stage.PDS)  # what the first stage-1 step does (it also averages appearance codes)
+    trainer.use_optimizers_of(Stage.PDS)  # what the first stage-1 step does
     return trainer
 
 
@@ -126,14 +127,14 @@ def test_a_splat_edit_is_advised_with_the_splats_own_options() -> None:
         guard.record(10, loss_finite=False, step_skipped=True, stage="pds")
     for advice in (stall, str(raised.value)):
         assert "--edit-optimizers.features-dc.optimizer.lr" in advice and "--edit-optimizers.fields" not in advice
-    assert "render-chunk-size" in NerfactoScene.memory_options and "render-chunk-size" not in SplatfactoScene.memory_options
+    assert "scene.render-chunk-size" in NerfactoScene.memory_options and "render-chunk-size" not in SplatfactoScene.memory_options
     assert "num-rays" not in SplatfactoScene.memory_options  # splats train on whole images
 
 
 def test_a_guidance_that_never_reaches_the_scene_is_reported_as_a_stall(
     tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    trainer = make_trainer(tiny_scene, tiny_prior_dir, tmp_path, pds_iterations=4, log_every=1, stall_intervals=3,
+    trainer = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, pds_iterations=4, log_every=1, stall_intervals=3,
                            pds_loss_mult=0.0)  # fmt: skip
     start = trainer.pipeline.schedule.start(Stage.PDS)
     for step in range(start, start + 2):
@@ -147,9 +148,8 @@ def test_a_guidance_that_never_reaches_the_scene_is_reported_as_a_stall(
 
 
 def test_a_healthy_edit_is_not_reported(tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path) -> None:
-    trainer = make_trainer(tiny_scene, tiny_prior_dir, tmp_path, pds_iterations=4, log_every=1, stall_intervals=2)
-    for group in trainer.config.edit_optimizers.values():
-        group["scheduler"].warmup_steps = 1  # full learning rate from the first step
+    trainer = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, pds_iterations=4, log_every=1, stall_intervals=2)
+    assert all(group["scheduler"].warmup_steps == 0 for group in trainer.config.edit_optimizers.values())  # full rate
     start = trainer.pipeline.schedule.start(Stage.PDS)
     for step in range(start, start + 4):
         trainer.train_iteration(step)
@@ -159,7 +159,7 @@ def test_a_healthy_edit_is_not_reported(tiny_scene: Path, tiny_prior_dir: Path, 
 def test_a_learning_rate_near_zero_is_reported_as_a_stall(
     tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    trainer = make_trainer(tiny_scene, tiny_prior_dir, tmp_path, pds_iterations=5, log_every=1, stall_intervals=3)
+    trainer = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, pds_iterations=5, log_every=1, stall_intervals=3)
     for group in trainer.config.edit_optimizers.values():
         group["optimizer"].lr = 1e-30  # the authors' way of freezing their camera poses
     start = trainer.pipeline.schedule.start(Stage.PDS)

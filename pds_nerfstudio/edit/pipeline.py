@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Literal, Optional, Tuple, Type
+from typing import Any, Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.models.base_model import Model
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
@@ -38,11 +37,13 @@ from pds_nerfstudio.guidance.lora import check_lora
 from pds_nerfstudio.guidance.options import GuidanceOptions, flag, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
 from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
-from pds_nerfstudio.scenes.base import SceneAdapter
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig
 
 
 OPTION_PREFIX = "--pipeline."
 """How `ns-train` spells the pipeline's options."""
+SCENE_OPTION_PREFIX = f"{OPTION_PREFIX}scene."
+"""How `ns-train` spells the scene kind's options."""
 
 
 @dataclass
@@ -51,8 +52,9 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     guidance's, from prompts to timesteps, are GuidanceOptions')."""
 
     _target: Type = field(default_factory=lambda: EditPipeline)
-    scene_kind: ClassVar[Type[SceneAdapter]]
-    """The adapter class of the scene kind this config edits (its optimiser groups, its checkpoint adoption)."""
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    """The scene kind's own edit options (nerfacto's render chunks, splatfacto's densification, ...); its
+    `_target` is the adapter through which the edit reaches the model."""
     prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
     """The Stable Diffusion prior: checkpoint (hub id or folder), dtype and device."""
     reconstruction_iterations: int = 30000
@@ -94,9 +96,10 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     """Stop the run after this many consecutive iterations whose loss or gradients were not finite (each one is
     skipped: under mixed precision nerfstudio's GradScaler skips it and backs off, else the step is dropped)."""
 
-    def scene_adapter(self, model: Model) -> SceneAdapter:
-        """The adapter through which the edit reaches `model` (each scene kind's config says which)."""
-        raise NotImplementedError(f"{type(self).__name__} does not say which scene adapter it edits")
+    @property
+    def scene_kind(self) -> Type[SceneAdapter]:
+        """The adapter class of the scene kind this config edits (its optimiser groups, its checkpoint adoption)."""
+        return self.scene._target
 
     def stage_schedule(self) -> StageSchedule:
         """The stage lengths as a schedule."""
@@ -114,18 +117,17 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
                 f"{flag(OPTION_PREFIX, 'sdedit_min_step_ratio')} and {flag(OPTION_PREFIX, 'sdedit_max_step_ratio')} must "
                 f"satisfy 0 <= min <= max <= 1, got {self.sdedit_min_step_ratio} and {self.sdedit_max_step_ratio}"
             )
-        for name in ("change_view_every", "sdedit_every", "log_every", "stall_intervals", "max_nonfinite_steps",
-                     *self.positive_options()):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{flag(OPTION_PREFIX, name)} must be >= 1, got {getattr(self, name)}")
+        for options, prefix, names in (
+            (self, OPTION_PREFIX, ("change_view_every", "sdedit_every", "log_every", "stall_intervals", "max_nonfinite_steps")),
+            (self.scene, SCENE_OPTION_PREFIX, self.scene.positive_options()),
+        ):  # fmt: skip
+            for name in names:
+                if getattr(options, name) < 1:
+                    raise ValueError(f"{flag(prefix, name)} must be >= 1, got {getattr(options, name)}")
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"--pipeline.render-scale must be in (0, 1], got {self.render_scale}")
         if isinstance(self.datamanager.dataparser, NerfstudioDataParserConfig):  # other formats: their parser checks
             validate_scene(self.datamanager.data or self.datamanager.dataparser.data)
-
-    def positive_options(self) -> Tuple[str, ...]:
-        """Scene-specific integer options that must be >= 1."""
-        return ()
 
 
 class EditPipeline(VanillaPipeline):
@@ -145,7 +147,7 @@ class EditPipeline(VanillaPipeline):
         if test_mode == "val":  # training: refuse bad options before the scene loads
             config.validate()
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
-        self.scene = config.scene_adapter(self.model)
+        self.scene: SceneAdapter = config.scene.setup(model=self.model)
         self.schedule = config.stage_schedule()
         lengths = torch.tensor([self.schedule.reconstruction, self.schedule.pds, self.schedule.refinement])
         self.register_buffer(STAGE_LENGTHS_KEY, lengths)

@@ -62,7 +62,7 @@ class CompiledHashForward:
                 self.failed = True
                 warnings.warn(
                     f"Compiling the hash encoding failed; using nerfstudio's plain encoding "
-                    f"(same values, slower); set --pipeline.fast-encoding off to skip the attempt: {error}",
+                    f"(same values, slower); set --pipeline.scene.fast-encoding off to skip the attempt: {error}",
                     stacklevel=2,
                 )
         return self.encoding.pytorch_fwd(in_tensor)
@@ -92,7 +92,7 @@ class TritonHashForward:
             return hash_encode(in_tensor, encoding.hash_table, encoding.scalings)
         if in_tensor.device.type != "cuda":
             warnings.warn(
-                "--pipeline.fast-encoding triton on CPU runs Triton's interpreter (exact, slower than off)", stacklevel=2
+                "--pipeline.scene.fast-encoding triton on CPU runs Triton's interpreter (exact, slower than off)", stacklevel=2
             )
         try:  # the first call imports Triton and builds both kernels
             build_kernels(encoding.hash_table, encoding.scalings)
@@ -101,7 +101,7 @@ class TritonHashForward:
             self.failed = True
             warnings.warn(
                 f"The Triton hash encoding is unavailable; using nerfstudio's plain encoding (same values, slower); "
-                f"set --pipeline.fast-encoding compile or off to skip the attempt: {type(error).__name__}: {error}",
+                f"set --pipeline.scene.fast-encoding compile or off to skip the attempt: {type(error).__name__}: {error}",
                 stacklevel=2,
             )
             return encoding.pytorch_fwd(in_tensor)
@@ -116,7 +116,7 @@ def accelerate_hash_encodings(model: torch.nn.Module, mode: FastEncoding) -> int
     nothing. Parameters, buffers and state_dict keys are untouched.
     """
     if mode not in MODES:
-        raise ValueError(f"--pipeline.fast-encoding must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ValueError(f"--pipeline.scene.fast-encoding must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "off":
         return 0
     kind = CompiledHashForward if mode == "compile" else TritonHashForward

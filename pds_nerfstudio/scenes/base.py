@@ -1,5 +1,9 @@
 """What the edit core asks of a scene representation: a small interface that nerfacto and splatfacto implement.
 
+A scene kind is a :class:`SceneConfig` (its own edit options, `--pipeline.scene.*`) whose `_target` is its
+:class:`SceneAdapter`, as nerfstudio's configs name the class they build. `method_configs.py` composes a kind's
+scene config with the edit pipeline's: a third kind is one module here plus its method entry there.
+
 The stage schedule, stage 1's guidance step, stage 2's dataset refresh, resume, logging and the viewer live
 once, in :class:`pds_nerfstudio.edit.pipeline.EditPipeline`. A scene adapter answers four questions:
 
@@ -24,13 +28,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.configs.base_config import InstantiateConfig
 from nerfstudio.models.base_model import Model
 
 
@@ -43,6 +48,17 @@ class SceneRender:
     losses: Dict[str, Float[Tensor, ""]] = field(default_factory=dict)
 
 
+@dataclass
+class SceneConfig(InstantiateConfig):
+    """A scene kind's own options for the edit stages; `setup(model=...)` builds its adapter around the model."""
+
+    _target: Type = field(default_factory=lambda: SceneAdapter)
+
+    def positive_options(self) -> Tuple[str, ...]:
+        """Integer options that must be >= 1 (the pipeline's checks refuse the others before anything loads)."""
+        return ()
+
+
 class SceneAdapter(ABC):
     """One scene representation (its nerfstudio model) as the edit core sees it."""
 
@@ -51,8 +67,8 @@ class SceneAdapter(ABC):
     memory_options: str = "--pipeline.render-scale 0.5 (stage 1 renders at half resolution)"
     """The options that lower an edit's GPU memory, as the out-of-memory message lists them."""
 
-    def __init__(self, model: Model) -> None:
-        self.model = model
+    def __init__(self, config: SceneConfig, model: Model) -> None:
+        self.config, self.model = config, model
 
     @abstractmethod
     def render_view(self, cameras: Cameras, view: int) -> SceneRender:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
@@ -14,11 +14,8 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
-from pds_nerfstudio.data.datamanager import PDSDataManagerConfig
-from pds_nerfstudio.edit.pipeline import EditPipeline, EditPipelineConfig
 from pds_nerfstudio.fast.fast_encoding import FastEncoding, accelerate_hash_encodings
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneRender, freeze
-from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender, freeze
 from pds_nerfstudio.scenes.nerfacto_render import render_view
 
 APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
@@ -31,22 +28,21 @@ class NerfactoScene(SceneAdapter):
     model: NerfactoModel
     learning_rate_options = "--edit-optimizers.fields.optimizer.lr (and proposal-networks)"
     memory_options = (
-        "--pipeline.render-scale 0.5 (stage 1 renders at half resolution), --pipeline.render-chunk-size 4096, "
+        "--pipeline.render-scale 0.5 (stage 1 renders at half resolution), --pipeline.scene.render-chunk-size 4096, "
         "--pipeline.prior.dtype fp16, --pipeline.prior.device cuda:1 (the prior on a second GPU), "
         "--pipeline.datamanager.train-num-rays-per-batch 2048"
     )
 
-    def __init__(
-        self, model: NerfactoModel, chunk_size: int, deferred: bool, proposal_losses: bool, fast_encoding: FastEncoding
-    ) -> None:
-        super().__init__(model)
-        self.chunk_size, self.deferred, self.proposal_losses = chunk_size, deferred, proposal_losses
-        accelerate_hash_encodings(model, fast_encoding)
+    config: NerfactoSceneConfig
+
+    def __init__(self, config: NerfactoSceneConfig, model: NerfactoModel) -> None:
+        super().__init__(config, model)
+        accelerate_hash_encodings(model, config.fast_encoding)
 
     def render_view(self, cameras: Cameras, view: int) -> SceneRender:
-        render = render_view(self.model, cameras, view, self.chunk_size, deferred=self.deferred)
+        render = render_view(self.model, cameras, view, self.config.render_chunk_size, self.config.deferred_backprop)
         losses = {}
-        if self.proposal_losses:
+        if self.config.pds_proposal_losses:
             losses["interlevel_loss"] = self.model.config.interlevel_loss_mult * render.interlevel_loss
             losses["distortion_loss"] = self.model.config.distortion_loss_mult * render.distortion_loss
         return SceneRender(render.rgb, losses)
@@ -123,15 +119,10 @@ class NerfactoScene(SceneAdapter):
 
 
 @dataclass
-class NerfactoEditPipelineConfig(EditPipelineConfig):
-    """Edit a nerfacto scene from a source prompt to a target prompt with PDS (`ns-train pds`)."""
+class NerfactoSceneConfig(SceneConfig):
+    """Nerfacto as the edit stages render it (`ns-train pds`: `--pipeline.scene.*`)."""
 
-    _target: Type = field(default_factory=lambda: EditPipeline)
-    scene_kind: ClassVar[Type[SceneAdapter]] = NerfactoScene
-    datamanager: PDSDataManagerConfig = field(default_factory=PDSDataManagerConfig)
-    """Training images, cached in memory so that stage 2 can replace them."""
-    model: OfflineNerfactoModelConfig = field(default_factory=OfflineNerfactoModelConfig)
-    """The scene: nerfacto, as `ns-train nerfacto` trains it."""
+    _target: Type = field(default_factory=lambda: NerfactoScene)
     render_chunk_size: int = 1 << 14
     """Rays per chunk when stage 1 renders a whole view."""
     deferred_backprop: bool = True
@@ -150,10 +141,6 @@ class NerfactoEditPipelineConfig(EditPipelineConfig):
     """Add nerfacto's proposal losses (interlevel and distortion) to stage 1, so that the proposal networks
     follow geometry that the guidance changes. Off: stage 1 has the guidance loss alone, as in the authors'
     code; the proposal networks are retrained in stage 2 by nerfacto's own losses."""
-
-    def scene_adapter(self, model: NerfactoModel) -> NerfactoScene:
-        return NerfactoScene(model, self.render_chunk_size, self.deferred_backprop, self.pds_proposal_losses,
-                             self.fast_encoding)  # fmt: skip
 
     def positive_options(self) -> Tuple[str, ...]:
         return ("render_chunk_size",)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, Iterator, List, Mapping, Optional, Type
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Type
 
 import torch
 from jaxtyping import Float
@@ -23,9 +23,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 
-from pds_nerfstudio.data.full_image_datamanager import PDSFullImageDataManagerConfig
-from pds_nerfstudio.edit.pipeline import EditPipeline, EditPipelineConfig
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneRender
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender
 from pds_nerfstudio.scenes.nerfacto_offline import lpips_deferred
 from pds_nerfstudio.scenes.rasterizer import rasterization
 
@@ -104,9 +102,7 @@ class SplatfactoScene(SceneAdapter):
         "--pipeline.prior.device cuda:1 (the prior on a second GPU)"
     )
 
-    def __init__(self, model: SplatfactoModel, densify: bool) -> None:
-        super().__init__(model)
-        self.densify = densify
+    config: SplatfactoSceneConfig
 
     def render_view(self, cameras: Cameras, view: int) -> SceneRender:
         self.model.train()
@@ -123,11 +119,11 @@ class SplatfactoScene(SceneAdapter):
 
     def begin_edit(self) -> List[torch.nn.Parameter]:
         """Freezes the camera poses; renders at full resolution from here on (splatfacto's coarse-to-fine schedule
-        counts global steps, which a short reconstruction may not have passed); and, unless `densify`, stops
+        counts global steps, which a short reconstruction may not have passed); and, unless `edit_densify`, stops
         densification, pruning and opacity resets (the authors' edits never densify: they start past
         splatfacto's `stop_split_at`, and their refinement turns splitting off)."""
         self.model.config.num_downscales = 0
-        if not self.densify:
+        if not self.config.edit_densify:
             self.model.strategy.refine_stop_iter = 0
         return super().begin_edit()
 
@@ -145,18 +141,10 @@ class SplatfactoScene(SceneAdapter):
 
 
 @dataclass
-class SplatfactoEditPipelineConfig(EditPipelineConfig):
-    """Edit a splatfacto scene from a source prompt to a target prompt with PDS (`ns-train pds-splat`)."""
+class SplatfactoSceneConfig(SceneConfig):
+    """Splatfacto as the edit stages train it (`ns-train pds-splat`: `--pipeline.scene.*`)."""
 
-    _target: Type = field(default_factory=lambda: EditPipeline)
-    scene_kind: ClassVar[Type[SceneAdapter]] = SplatfactoScene
-    datamanager: PDSFullImageDataManagerConfig = field(default_factory=PDSFullImageDataManagerConfig)
-    """Whole training images, cached in memory so that stage 2 can replace them."""
-    model: PDSSplatfactoModelConfig = field(default_factory=PDSSplatfactoModelConfig)
-    """The scene: splatfacto, as `ns-train splatfacto` trains it."""
+    _target: Type = field(default_factory=lambda: SplatfactoScene)
     edit_densify: bool = False
     """Keep splatfacto's densification (split, duplicate, prune, opacity reset) in the edit stages. Off, as the
     authors' edits are in effect: their runs start past splatfacto's stop_split_at and never densify."""
-
-    def scene_adapter(self, model: SplatfactoModel) -> SplatfactoScene:
-        return SplatfactoScene(model, self.edit_densify)

@@ -1,0 +1,45 @@
+"""Runs saved before the scene kinds became nested configs still load: their config.yml is read into today's layout.
+
+Until then a run's config.yml named a pipeline config per scene kind (`NerfactoEditPipelineConfig`,
+`SplatfactoEditPipelineConfig`) that held the kind's own options beside the pipeline's. nerfstudio reads
+config.yml with PyYAML's `yaml.Loader` (nerfstudio 1.1.5 `utils/eval_utils.py:eval_setup`, `scripts/train.py`
+for `--load-config`), which resolves a `python/object` tag to the class it names; the constructors registered
+here build an `EditPipelineConfig` instead, its scene options moved into `scene`. Checkpoints are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Iterator, Type
+
+import yaml
+
+from pds_nerfstudio.edit.pipeline import EditPipelineConfig
+from pds_nerfstudio.scenes.base import SceneConfig
+from pds_nerfstudio.scenes.nerfacto import NerfactoSceneConfig
+from pds_nerfstudio.scenes.splatfacto import SplatfactoSceneConfig
+
+LEGACY_PIPELINE_CONFIGS = {
+    "pds_nerfstudio.scenes.nerfacto.NerfactoEditPipelineConfig": NerfactoSceneConfig,
+    "pds_nerfstudio.scenes.splatfacto.SplatfactoEditPipelineConfig": SplatfactoSceneConfig,
+}
+"""A saved pipeline config's class -> the scene config its scene options now belong to."""
+
+
+def _constructor(scene_config: Type[SceneConfig]):
+    names = {option.name for option in fields(scene_config) if option.name != "_target"}
+
+    def construct(loader: yaml.Loader, node: yaml.MappingNode) -> Iterator[EditPipelineConfig]:
+        instance = EditPipelineConfig.__new__(EditPipelineConfig)
+        yield instance  # as PyYAML's own python/object constructor does: references to it may be resolved later
+        state: dict[str, Any] = loader.construct_mapping(node)
+        state["scene"] = scene_config(**{name: state.pop(name) for name in names if name in state})
+        loader.set_python_instance_state(instance, state)
+
+    return construct
+
+
+def register() -> None:
+    """Reads the old pipeline configs as today's (idempotent)."""
+    for name, scene_config in LEGACY_PIPELINE_CONFIGS.items():
+        yaml.add_constructor(f"tag:yaml.org,2002:python/object:{name}", _constructor(scene_config), Loader=yaml.Loader)

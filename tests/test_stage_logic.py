@@ -1,0 +1,97 @@
+"""The edit's whole stage logic on a stub scene kind (tests/stub_scene.py), in-process with nerfstudio's real
+Trainer and the tiny prior: stage switches, optimiser resets, stage 2's replacements, resume replay and the
+non-finite guard, in seconds. The same logic on nerfacto and splatfacto is held by the slower end-to-end tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from stub_scene import SDEDIT_EVERY, DirectionColourScene, stub_trainer
+
+from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.edit.trainer import PDSTrainer
+
+def _adam_steps(trainer: PDSTrainer) -> set[int]:
+    return {int(state["step"]) for state in trainer.optimizers.optimizers["fields"].state.values()}
+
+
+def _training_images(trainer: PDSTrainer) -> torch.Tensor:
+    datamanager = trainer.pipeline.datamanager
+    return torch.stack([datamanager.current_image(view)[..., :3] for view in range(datamanager.num_train_images)])
+
+
+def test_a_whole_edit_switches_stages_resets_optimisers_and_replaces_images(
+    tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path
+) -> None:
+    trainer = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path)
+    pipeline, schedule = trainer.pipeline, trainer.pipeline.schedule
+    assert isinstance(pipeline.scene, DirectionColourScene)
+    weights_seen, adam_at_start = {}, {}
+    for step in range(schedule.total):
+        trainer.train_iteration(step)
+        pipeline._after_step(step)
+        weights_seen[step] = pipeline.model.colour.weight.detach().clone()
+        adam_at_start[step] = _adam_steps(trainer)
+    for stage in (Stage.RECONSTRUCTION, Stage.PDS, Stage.REFINEMENT):  # each trains, edit stages from a fresh Adam
+        start = schedule.start(stage)
+        assert adam_at_start[start] == ({start + 1} if stage is Stage.RECONSTRUCTION else {1})
+        assert not torch.equal(weights_seen[start], weights_seen[schedule.start(stage) + 1])
+    assert _adam_steps(trainer) == {schedule.refinement}
+
+    renders = pipeline.stage1_renders
+    assert renders is not None and renders.shape[0] == pipeline.datamanager.num_train_images
+    sdedit_steps = range(schedule.start(Stage.REFINEMENT), schedule.total, SDEDIT_EVERY)
+    replaced = {pipeline.sdedit_view(step) for step in sdedit_steps}
+    images = _training_images(trainer)
+    for view in range(images.shape[0]):  # stage 2 trains on the stage-1 renders, SDEdit replacing one every 3 steps
+        assert torch.equal(images[view], renders[view].to(images)) is (view not in replaced), view
+    assert len(replaced) == len(sdedit_steps)
+    assert sorted(p.name for p in (trainer.base_dir / "renders").iterdir()) == ["pds", "reconstruction", "refinement"]
+
+
+def test_a_resumed_edit_replays_stage_2_and_ends_where_the_uninterrupted_one_ends(
+    tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path
+) -> None:
+    first = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path)
+    first.train()
+    models = first.checkpoint_dir
+    steps = sorted(int(p.stem.split("-")[1]) for p in models.glob("step-*.ckpt"))
+    assert {2, 6, 18} <= set(steps)  # every stage's end
+    resume_at = 10  # a checkpoint in stage 2 (steps 7 to 18), after the replacements of steps 7 and 10
+    assert resume_at in steps and first.pipeline.schedule.stage_at(resume_at) is Stage.REFINEMENT
+
+    resumed = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, "resumed", trainer_options=dict(load_dir=models,
+                           load_step=resume_at))  # fmt: skip
+    assert resumed._start_step == resume_at + 1
+    assert _adam_steps(resumed) == {resume_at + 1 - resumed.pipeline.schedule.start(Stage.REFINEMENT)}  # its state
+    resumed.train()
+    assert torch.equal(_training_images(resumed), _training_images(first))  # the same images, replayed
+    last = max(int(p.stem.split("-")[1]) for p in resumed.checkpoint_dir.glob("step-*.ckpt"))
+    assert last == first.pipeline.schedule.total - 1
+
+
+def test_non_finite_steps_never_reach_the_scene_and_too_many_stop_the_run(
+    tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, max_nonfinite_steps=2)
+    schedule = trainer.pipeline.schedule
+    for step in range(schedule.start(Stage.PDS)):
+        trainer.train_iteration(step)
+        trainer.pipeline._after_step(step)
+    before = trainer.pipeline.model.colour.weight.detach().clone()
+    render_view = DirectionColourScene.render_view
+
+    def poisoned(self, cameras, view):  # a render whose guidance loss is NaN (an fp16 overflow, say)
+        render = render_view(self, cameras, view)
+        render.rgb = render.rgb * float("nan")
+        return render
+
+    monkeypatch.setattr(DirectionColourScene, "render_view", poisoned)
+    step = schedule.start(Stage.PDS)
+    trainer.train_iteration(step)  # skipped, counted
+    assert torch.equal(trainer.pipeline.model.colour.weight, before)
+    with pytest.raises(SystemExit, match=r"2 iterations in a row up to step \d+ \(pds\) gave non-finite loss"):
+        trainer.train_iteration(step + 1)
+    assert torch.equal(trainer.pipeline.model.colour.weight, before)
