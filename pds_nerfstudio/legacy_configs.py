@@ -1,4 +1,5 @@
-"""Runs saved before the scene kinds became nested configs still load: their config.yml is read into today's layout.
+"""Runs saved before the scene kinds became nested configs, or before the prior left `guidance/`, still load: their
+config.yml is read into today's layout.
 
 Until then a run's config.yml named a pipeline config per scene kind (`NerfactoEditPipelineConfig`,
 `SplatfactoEditPipelineConfig`) that held the kind's own options beside the pipeline's. nerfstudio reads
@@ -15,6 +16,7 @@ from typing import Any, Iterator, Type
 import yaml
 
 from pds_nerfstudio.edit.pipeline import EditPipelineConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPriorConfig
 from pds_nerfstudio.scenes.base import SceneConfig
 from pds_nerfstudio.scenes.nerfacto import NerfactoSceneConfig
 from pds_nerfstudio.scenes.splatfacto import SplatfactoSceneConfig
@@ -24,6 +26,8 @@ LEGACY_PIPELINE_CONFIGS = {
     "pds_nerfstudio.scenes.splatfacto.SplatfactoEditPipelineConfig": SplatfactoSceneConfig,
 }
 """A saved pipeline config's class -> the scene config its scene options now belong to."""
+MOVED_CLASSES = {"pds_nerfstudio.guidance.prior.DiffusionPriorConfig": DiffusionPriorConfig}
+"""A saved config's class -> where it lives now (the prior left `guidance/`, which is maths alone)."""
 
 
 def _constructor(scene_config: Type[SceneConfig]):
@@ -39,7 +43,18 @@ def _constructor(scene_config: Type[SceneConfig]):
     return construct
 
 
+def _moved(cls: type):
+    def construct(loader: yaml.Loader, node: yaml.MappingNode) -> Iterator[Any]:
+        instance = cls.__new__(cls)
+        yield instance
+        loader.set_python_instance_state(instance, loader.construct_mapping(node))
+
+    return construct
+
+
 def register() -> None:
-    """Reads the old pipeline configs as today's (idempotent)."""
+    """Reads the old pipeline configs, and configs of classes that moved, as today's (idempotent)."""
     for name, scene_config in LEGACY_PIPELINE_CONFIGS.items():
         yaml.add_constructor(f"tag:yaml.org,2002:python/object:{name}", _constructor(scene_config), Loader=yaml.Loader)
+    for name, cls in MOVED_CLASSES.items():
+        yaml.add_constructor(f"tag:yaml.org,2002:python/object:{name}", _moved(cls), Loader=yaml.Loader)

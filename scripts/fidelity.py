@@ -368,7 +368,7 @@ def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidanc
 
     from pds_nerfstudio import fidelity as fm
     from pds_nerfstudio.fixtures.toy_prior import caption
-    from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+    from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
     from pds_nerfstudio.guidance.prior_samples import blended_samples
 
     prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(prior_dir), dtype="fp32", device="cpu"))

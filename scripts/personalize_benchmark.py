@@ -6,7 +6,7 @@
 2. `pds-personalize` on its training views (instance prompt "a sks <colour> <shape>", prior preservation with
    "a <colour> <shape>"), on the toy prior.
 3. The prior's denoising loss on the scene's images, base model and LoRA, at the same timesteps and noises
-   (pds_nerfstudio.guidance.personalize.held_denoising_loss): on the views it trained on and on the views it
+   (pds_nerfstudio.prior.dreambooth.held_denoising_loss): on the views it trained on and on the views it
    did not see, under the instance prompt, the class prompt and the target's prompt.
 4. scripts/fidelity.py, PDS on nerfacto through both stages, "a sks <source>" -> "a sks <target>", with the LoRA
    (--pipeline.prior.lora) and without it, from the same scene and seed.
@@ -56,8 +56,8 @@ def losses(scene: Path, lora: Path, prompts: dict[str, str]) -> dict:
     from pds_nerfstudio.cli.personalize import encode, scene_images
     from pds_nerfstudio.data.dataset import read_image
     from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
-    from pds_nerfstudio.guidance.personalize import held_denoising_loss
-    from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+    from pds_nerfstudio.prior.dreambooth import held_denoising_loss
+    from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 
     parser = NerfstudioDataParserConfig(data=scene, downscale_factor=1).setup()
     trained = {Path(p).name for p in parser.get_dataparser_outputs("train").image_filenames}

@@ -136,7 +136,7 @@ def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
     from pds_nerfstudio.edit.pipeline import EditPipelineConfig
     from pds_nerfstudio.scenes.nerfacto_offline import OfflineNerfactoModelConfig
     from pds_nerfstudio.scenes.nerfacto import NerfactoSceneConfig
-    from pds_nerfstudio.guidance.prior import DiffusionPriorConfig
+    from pds_nerfstudio.prior.stable_diffusion import DiffusionPriorConfig
 
     options: dict = dict(
         source_prompt="a red sphere",

@@ -27,7 +27,7 @@ from pds_nerfstudio import compat
 from pds_nerfstudio.data.datamanager import PDSDataManagerConfig
 from pds_nerfstudio.edit.pipeline import EditPipelineConfig
 from pds_nerfstudio.edit.trainer import PDSTrainer, PDSTrainerConfig
-from pds_nerfstudio.guidance.prior import DiffusionPriorConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPriorConfig
 from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender
 
 compat.allow_nerfstudio_checkpoints()

@@ -19,7 +19,7 @@ from test_triton_hash_encoding import _assert_gradient_close, _values_and_gradie
 
 from nerfstudio.field_components.encodings import HashEncoding
 from pds_nerfstudio.fast.fast_encoding import CompiledHashForward, TritonHashForward
-from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.fast.triton_hash_encoding import hash_encode
 

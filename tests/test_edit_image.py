@@ -24,7 +24,7 @@ from pds_nerfstudio.cli.edit_image import (
     main,
     validate_config,
 )
-from pds_nerfstudio.guidance.prior import DiffusionPriorConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPriorConfig
 
 COMMAND = str(Path(sys.executable).parent / "pds-edit-image")
 

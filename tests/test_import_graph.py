@@ -71,7 +71,7 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_reader_finds_imports_and_cycles() -> None:
     graph = import_graph()
-    assert "pds_nerfstudio.guidance.hub" in graph["pds_nerfstudio.guidance.lora"]  # a module-level import
+    assert "pds_nerfstudio.prior.hub" in graph["pds_nerfstudio.prior.lora"]  # a module-level import
     assert "pds_nerfstudio.edit.stages" in graph["pds_nerfstudio.batch.plan"]  # one inside a function
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -92,3 +92,16 @@ def test_scene_adapters_sit_below_the_edit_core() -> None:
     graph = import_graph()
     scenes = {module: imported for module, imported in graph.items() if module.startswith("pds_nerfstudio.scenes")}
     assert not {other for imported in scenes.values() for other in imported if other.startswith("pds_nerfstudio.edit")}
+
+
+def test_the_guidance_maths_imports_no_framework() -> None:
+    """guidance/ is plain torch: nerfstudio, diffusers, transformers and peft stay in the layers above it."""
+    frameworks = ("nerfstudio", "diffusers", "transformers", "peft")
+    for path in sorted((PACKAGE / "guidance").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[0] in frameworks], f"{path.name} imports {names}"
+            assert not [n for n in names if n.startswith("pds_nerfstudio.") and not n.startswith("pds_nerfstudio.guidance")], (
+                f"{path.name} imports {names}"
+            )

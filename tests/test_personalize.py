@@ -40,8 +40,8 @@ def lora(scene: Path, user_env: dict[str, str], tmp_path_factory: pytest.TempPat
 
 def test_the_lora_lowers_the_denoising_loss_on_the_scene_under_its_instance_prompt(scene: Path, lora: Path) -> None:
     from pds_nerfstudio.cli.personalize import encode, scene_images
-    from pds_nerfstudio.guidance.personalize import held_denoising_loss
-    from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+    from pds_nerfstudio.prior.dreambooth import held_denoising_loss
+    from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 
     info = json.loads((lora / "pds_lora.json").read_text())
     # nerfstudio's split of 8 views trains on ceil(0.9 * 8) = 8 of them

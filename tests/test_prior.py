@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pds_nerfstudio.guidance import guidance_gradient, surrogate_loss
-from pds_nerfstudio.guidance.prior import (
+from pds_nerfstudio.prior.stable_diffusion import (
     DiffusionPrior,
     DiffusionPriorConfig,
     PriorLoadError,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 from pds_nerfstudio.guidance.prior_samples import blended_samples
 
 

@@ -62,11 +62,13 @@ def test_ns_train_stops_at_a_moved_flag_before_anything_loads(tmp_path: Path, us
 
 
 def _in_the_old_layout(text: str, old_class: str) -> str:
-    """A config.yml as runs saved it before the move: the pipeline tagged with its scene kind's own class, the
-    scene's options among the pipeline's."""
+    """A config.yml as runs saved it before the moves: the pipeline tagged with its scene kind's own class, the
+    scene's options among the pipeline's, the prior's config in `guidance/`."""
     document = yaml.compose(text, Loader=yaml.Loader)
     pipeline = next(value for key, value in document.value if key.value == "pipeline")
     pipeline.tag = f"tag:yaml.org,2002:python/object:{old_class}"
+    prior = next(value for key, value in pipeline.value if key.value == "prior")
+    prior.tag = "tag:yaml.org,2002:python/object:pds_nerfstudio.guidance.prior.DiffusionPriorConfig"
     scene = next(value for key, value in pipeline.value if key.value == "scene")
     pipeline.value = [(key, value) for key, value in pipeline.value if key.value != "scene"]
     pipeline.value += [(key, value) for key, value in scene.value if key.value != "_target"]
@@ -91,6 +93,6 @@ def test_a_config_saved_in_the_old_layout_loads_as_todays(method: str, old_class
         elif isinstance(value, int):
             setattr(config.pipeline.scene, option.name, value + 1)
     old = _in_the_old_layout(yaml.dump(config), old_class)
-    assert old_class in old and "scene:" not in old
+    assert old_class in old and "scene:" not in old and "guidance.prior.DiffusionPriorConfig" in old
     loaded = yaml.load(old, Loader=yaml.Loader)  # as nerfstudio reads config.yml
     assert loaded.pipeline == config.pipeline and type(loaded.pipeline.scene) is type(config.pipeline.scene)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pds_nerfstudio.fixtures.embedded_prior import EMBEDDED_TOY_PRIOR, embedded_toy_prior_dir
 from pds_nerfstudio.fixtures.toy_prior import RECIPE_FILE, ToyPriorRecipe, train_toy_prior
-from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 
 SMOKE_RECIPE = replace(
     ToyPriorRecipe(),

@@ -37,9 +37,9 @@ from torch import Tensor
 
 from pds_nerfstudio.data.image_io import save_png, to_8bit
 from pds_nerfstudio.guidance import sdedit, surrogate_loss
-from pds_nerfstudio.guidance.lora import check_lora
+from pds_nerfstudio.prior.lora import check_lora
 from pds_nerfstudio.guidance.options import GuidanceOptions, validate_guidance_scale
-from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
 
 PROG = "pds-edit-image"
 DESCRIPTION = (

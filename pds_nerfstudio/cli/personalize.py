@@ -30,9 +30,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from pds_nerfstudio.data.image_io import save_png
-from pds_nerfstudio.guidance.lora import LORA_INFO, LORA_WEIGHTS, LoraInfo, base_model_key, save_lora
-from pds_nerfstudio.guidance.personalize import PersonalizeOptions, personalize
-from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
+from pds_nerfstudio.prior.lora import LORA_INFO, LORA_WEIGHTS, LoraInfo, base_model_key, save_lora
+from pds_nerfstudio.prior.dreambooth import PersonalizeOptions, personalize
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
 from pds_nerfstudio.guidance.resizing import prior_size, to_prior_input
 
 PROG = "pds-personalize"

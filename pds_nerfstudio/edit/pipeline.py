@@ -33,9 +33,9 @@ from pds_nerfstudio.data.scene_checks import validate_scene
 from pds_nerfstudio.edit import draws
 from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, sample_sdedit_steps, sdedit, surrogate_loss
-from pds_nerfstudio.guidance.lora import check_lora
+from pds_nerfstudio.prior.lora import check_lora
 from pds_nerfstudio.guidance.options import GuidanceOptions, flag, validate_guidance_scale, validate_prompts
-from pds_nerfstudio.guidance.prior import DiffusionPrior, DiffusionPriorConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
 from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig
 

@@ -26,7 +26,7 @@ from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pds_nerfstudio.edit.pipeline import EditPipeline
-from pds_nerfstudio.guidance.prior import PriorLoadError
+from pds_nerfstudio.prior.stable_diffusion import PriorLoadError
 from pds_nerfstudio.edit.stages import Stage, stored_stage_lengths
 from pds_nerfstudio.edit.stall import StallDetector
 from pds_nerfstudio.edit.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError

@@ -72,7 +72,7 @@ def sdedit(
 
     x_t0 = sqrt(abar_t0) x0 + sqrt(1 - abar_t0) noise; each step from tau_j goes to tau_{j-1}, and the last
     one to ``final_alpha_cumprod`` (1: it returns x0_hat). A prior passes its scheduler's ``steps_offset`` and
-    final abar (:attr:`pds_nerfstudio.guidance.prior.DiffusionPrior.ddim_settings`), so that the steps are
+    final abar (:attr:`pds_nerfstudio.prior.stable_diffusion.DiffusionPrior.ddim_settings`), so that the steps are
     diffusers' own. k = 0 returns a clone of x0.
     """
     if not 0 <= num_steps <= num_inference_steps:

@@ -17,8 +17,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from pds_nerfstudio.guidance import EpsFn
-from pds_nerfstudio.guidance.hub import hub_offline, looks_like_local_path
-from pds_nerfstudio.guidance.lora import apply_lora, check_lora
+from pds_nerfstudio.prior.hub import hub_offline, looks_like_local_path
+from pds_nerfstudio.prior.lora import apply_lora, check_lora
 from pds_nerfstudio.guidance.options import validate_guidance_scale
 
 if TYPE_CHECKING:

@@ -1,9 +1,9 @@
 """DreamBooth with a LoRA: the prior's UNet learns a scene's images under an instance prompt ("a photo of a sks
 man"), optionally keeping what its class prompt ("a photo of a man") meant through prior preservation.
 
-Plain torch on a loaded :class:`pds_nerfstudio.guidance.prior.DiffusionPrior`: the images come in as latents,
+Plain torch on a loaded :class:`pds_nerfstudio.prior.stable_diffusion.DiffusionPrior`: the images come in as latents,
 the loss is the prior's own denoising objective (epsilon or v prediction, as its scheduler says), and only the
-LoRA's parameters train (`pds_nerfstudio.guidance.lora`).
+LoRA's parameters train (`pds_nerfstudio.prior.lora`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from pds_nerfstudio.guidance.lora import lora_config
-from pds_nerfstudio.guidance.prior import DiffusionPrior
+from pds_nerfstudio.prior.lora import lora_config
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior
 
 
 @dataclass

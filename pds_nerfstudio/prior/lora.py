@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from pds_nerfstudio.guidance.hub import looks_like_local_path
+from pds_nerfstudio.prior.hub import looks_like_local_path
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 """diffusers' file name for a pipeline's LoRA weights."""
