@@ -11,7 +11,7 @@ here build an `EditPipelineConfig` instead, its scene options moved into `scene`
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any, Iterator, Type
+from typing import Any, Iterator, Optional, Type
 
 import yaml
 
@@ -30,31 +30,25 @@ MOVED_CLASSES = {"pds_nerfstudio.guidance.prior.DiffusionPriorConfig": Diffusion
 """A saved config's class -> where it lives now (the prior left `guidance/`, which is maths alone)."""
 
 
-def _constructor(scene_config: Type[SceneConfig]):
-    names = {option.name for option in fields(scene_config) if option.name != "_target"}
+def _reader(cls: type, scene_config: Optional[Type[SceneConfig]] = None):
+    """A YAML constructor that builds `cls` from a saved mapping; with `scene_config`, the saved pipeline's scene
+    options move into a `scene_config` under `scene`."""
+    names = {option.name for option in fields(scene_config) if option.name != "_target"} if scene_config else set()
 
-    def construct(loader: yaml.Loader, node: yaml.MappingNode) -> Iterator[EditPipelineConfig]:
-        instance = EditPipelineConfig.__new__(EditPipelineConfig)
-        yield instance  # as PyYAML's own python/object constructor does: references to it may be resolved later
-        state: dict[str, Any] = loader.construct_mapping(node)
-        state["scene"] = scene_config(**{name: state.pop(name) for name in names if name in state})
-        loader.set_python_instance_state(instance, state)
-
-    return construct
-
-
-def _moved(cls: type):
     def construct(loader: yaml.Loader, node: yaml.MappingNode) -> Iterator[Any]:
         instance = cls.__new__(cls)
-        yield instance
-        loader.set_python_instance_state(instance, loader.construct_mapping(node))
+        yield instance  # as PyYAML's own python/object constructor does: references to it may be resolved later
+        state: dict[str, Any] = loader.construct_mapping(node)
+        if scene_config is not None:
+            state["scene"] = scene_config(**{name: state.pop(name) for name in names if name in state})
+        loader.set_python_instance_state(instance, state)
 
     return construct
 
 
 def register() -> None:
     """Reads the old pipeline configs, and configs of classes that moved, as today's (idempotent)."""
-    for name, scene_config in LEGACY_PIPELINE_CONFIGS.items():
-        yaml.add_constructor(f"tag:yaml.org,2002:python/object:{name}", _constructor(scene_config), Loader=yaml.Loader)
-    for name, cls in MOVED_CLASSES.items():
-        yaml.add_constructor(f"tag:yaml.org,2002:python/object:{name}", _moved(cls), Loader=yaml.Loader)
+    readers = {name: _reader(EditPipelineConfig, scene) for name, scene in LEGACY_PIPELINE_CONFIGS.items()}
+    readers.update({name: _reader(cls) for name, cls in MOVED_CLASSES.items()})
+    for name, reader in readers.items():
+        yaml.add_constructor(f"tag:yaml.org,2002:python/object:{name}", reader, Loader=yaml.Loader)

@@ -126,6 +126,23 @@ def tiny_prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny-sd")
 
 
+def start_trainer(config, save_config: bool = False):
+    """nerfstudio's Trainer of `config` on CPU, set up in-process as `ns-train` does (`save_config`: its option
+    and run-folder checks, and config.yml, first)."""
+    config.machine.device_type = "cpu"
+    config.set_timestamp()
+    if save_config:
+        config.save_config()
+    trainer = config.setup(local_rank=0, world_size=1)
+    trainer.setup()
+    return trainer
+
+
+def adam_steps(trainer, group: str) -> set[int]:
+    """The Adam step counts of parameter group `group`'s optimiser state (1: a fresh state after one step)."""
+    return {int(state["step"]) for state in trainer.optimizers.optimizers[group].state.values()}
+
+
 def tiny_pds_config(scene: Path, prior_dir: Path, **pipeline_options: object):
     """A `pds` pipeline config at test sizes: tiny nerfacto, the tiny prior, on CPU. Options of nerfacto's scene
     config (`render_chunk_size`, ...) go to `scene`, the others to the pipeline."""

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
+from conftest import start_trainer
 from torch import Tensor, nn
 
 from nerfstudio.cameras.cameras import Cameras
@@ -116,9 +117,4 @@ def stub_trainer(scene: Path, prior: Path, out: Path, timestamp: str = "run",
         optimizers={"fields": {"optimizer": AdamOptimizerConfig(lr=5e-2), "scheduler": None}},
         **(trainer_options or {}),
     )  # fmt: skip
-    config.machine.device_type = "cpu"
-    config.set_timestamp()
-    config.save_config()  # as ns-train does: checks the options, the run folder, a checkpoint to start from
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
+    return start_trainer(config, save_config=True)  # checks the options, the run folder, a checkpoint to start from

@@ -40,14 +40,17 @@ def test_a_bad_scene_option_is_refused_as_the_command_line_spells_it(tiny_scene:
         tiny_pds_config(tiny_scene, tiny_prior_dir, render_chunk_size=0).validate()
 
 
-@pytest.mark.parametrize("argument", ["--pipeline.render-chunk-size", "--pipeline.edit_densify=True"])
-def test_a_moved_flag_gets_one_error_line_naming_the_new_one(argument: str) -> None:
+@pytest.mark.parametrize(("method", "argument"), [("pds", "--pipeline.render-chunk-size"),
+                                                  ("pds-splat", "--pipeline.edit_densify=True")])
+def test_a_moved_flag_gets_one_error_line_naming_the_new_one(method: str, argument: str) -> None:
     from pds_nerfstudio.moved_flags import moved_flag_error
 
-    error = moved_flag_error(["--data", "scene", argument, "4096"])
+    error = moved_flag_error(method, ["--data", "scene", argument, "4096"])
     new = "--pipeline.scene." + argument.split("=")[0].removeprefix("--pipeline.").replace("_", "-")
     assert error is not None and error.startswith(f"error: {argument.split('=')[0]} is now {new} ")
-    assert moved_flag_error(["--pipeline.scene.render-chunk-size", "4096", "--pipeline.render-scale", "0.5"]) is None
+    assert moved_flag_error(method, ["--pipeline.scene.render-chunk-size", "4096", "--pipeline.render-scale", "0.5"]) is None
+    other = "pds-splat" if method == "pds" else "pds"
+    assert moved_flag_error(other, [argument]) is None  # no such option there: nothing to point to
 
 
 def test_ns_train_stops_at_a_moved_flag_before_anything_loads(tmp_path: Path, user_env: dict[str, str]) -> None:

@@ -8,14 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import adam_steps
 from stub_scene import SDEDIT_EVERY, DirectionColourScene, stub_trainer
 
 from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.edit.trainer import PDSTrainer
-
-def _adam_steps(trainer: PDSTrainer) -> set[int]:
-    return {int(state["step"]) for state in trainer.optimizers.optimizers["fields"].state.values()}
-
 
 def _training_images(trainer: PDSTrainer) -> torch.Tensor:
     datamanager = trainer.pipeline.datamanager
@@ -33,12 +30,12 @@ def test_a_whole_edit_switches_stages_resets_optimisers_and_replaces_images(
         trainer.train_iteration(step)
         pipeline._after_step(step)
         weights_seen[step] = pipeline.model.colour.weight.detach().clone()
-        adam_at_start[step] = _adam_steps(trainer)
+        adam_at_start[step] = adam_steps(trainer, "fields")
     for stage in (Stage.RECONSTRUCTION, Stage.PDS, Stage.REFINEMENT):  # each trains, edit stages from a fresh Adam
         start = schedule.start(stage)
         assert adam_at_start[start] == ({start + 1} if stage is Stage.RECONSTRUCTION else {1})
         assert not torch.equal(weights_seen[start], weights_seen[schedule.start(stage) + 1])
-    assert _adam_steps(trainer) == {schedule.refinement}
+    assert adam_steps(trainer, "fields") == {schedule.refinement}
 
     renders = pipeline.stage1_renders
     assert renders is not None and renders.shape[0] == pipeline.datamanager.num_train_images
@@ -65,7 +62,7 @@ def test_a_resumed_edit_replays_stage_2_and_ends_where_the_uninterrupted_one_end
     resumed = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, "resumed", trainer_options=dict(load_dir=models,
                            load_step=resume_at))  # fmt: skip
     assert resumed._start_step == resume_at + 1
-    assert _adam_steps(resumed) == {resume_at + 1 - resumed.pipeline.schedule.start(Stage.REFINEMENT)}  # its state
+    assert adam_steps(resumed, "fields") == {resume_at + 1 - resumed.pipeline.schedule.start(Stage.REFINEMENT)}  # its state
     resumed.train()
     assert torch.equal(_training_images(resumed), _training_images(first))  # the same images, replayed
     last = max(int(p.stem.split("-")[1]) for p in resumed.checkpoint_dir.glob("step-*.ckpt"))

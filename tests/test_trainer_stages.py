@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import tiny_pds_config
+from conftest import adam_steps, start_trainer, tiny_pds_config
 
 from pds_nerfstudio import compat
 from pds_nerfstudio.method_configs import nerfacto_optimizers
@@ -24,16 +24,7 @@ def make_trainer(scene: Path, prior: Path, out: Path, **pipeline_options: object
         method_name="pds", output_dir=out, timestamp="run", vis="tensorboard", mixed_precision=False,
         pipeline=tiny_pds_config(scene, prior, **options), optimizers=nerfacto_optimizers(),
     )  # fmt: skip
-    config.machine.device_type = "cpu"
-    config.set_timestamp()
-    trainer = config.setup(local_rank=0, world_size=1)
-    trainer.setup()
-    return trainer
-
-
-def _adam_steps(trainer: PDSTrainer, group: str) -> set[int]:
-    state = trainer.optimizers.optimizers[group].state
-    return {int(s["step"]) for s in state.values()}
+    return start_trainer(config)
 
 
 def test_each_edit_stage_starts_fresh_with_the_authors_warm_up_and_frozen_poses(
@@ -55,13 +46,13 @@ def test_each_edit_stage_starts_fresh_with_the_authors_warm_up_and_frozen_poses(
         pipeline._after_step(step)
         if step == schedule.start(Stage.PDS) - 1:
             reconstructed_poses = [p.detach().clone() for p in poses]
-            assert _adam_steps(trainer, "fields") == {step + 1}
+            assert adam_steps(trainer, "fields") == {step + 1}
         if step in (schedule.start(Stage.PDS), schedule.start(Stage.REFINEMENT)):
             assert set(trainer.optimizers.optimizers) == {"proposal_networks", "fields"}  # no camera optimiser
-            assert _adam_steps(trainer, "fields") == {1}  # fresh Adam state where the stage starts
+            assert adam_steps(trainer, "fields") == {1}  # fresh Adam state where the stage starts
             assert trainer.optimizers.optimizers["fields"].param_groups[0]["lr"] == lr_after_one_step
             assert not trainer.mixed_precision
-    assert _adam_steps(trainer, "fields") == {schedule.refinement}
+    assert adam_steps(trainer, "fields") == {schedule.refinement}
     assert not any(p.requires_grad for p in poses)
     for pose, reconstructed in zip(poses, reconstructed_poses):
         assert torch.equal(pose, reconstructed), "the edit moved the cameras"
@@ -84,4 +75,4 @@ def test_every_stage_end_is_checkpointed_and_resumes_in_the_next_stage(
     assert resumed._start_step == 3
     resumed.train_iteration(3)
     assert set(resumed.optimizers.optimizers) == {"proposal_networks", "fields"}
-    assert _adam_steps(resumed, "fields") == {1}
+    assert adam_steps(resumed, "fields") == {1}
