@@ -182,8 +182,10 @@ class ModeBench:
         return range(start, start + every * (self.warmup + self.iterations), every)
 
     def render_at(self, scale: float, chunk: int) -> int:
-        """Stage 1 renders at `scale` of the training resolution, `chunk` rays at a time; returns its first step."""
-        self.pipeline.config.render_scale, self.pipeline.config.scene.render_chunk_size = scale, chunk
+        """Stage 1 renders at `scale` of the training resolution, `chunk` rays at a time (0: as it is); returns its first step."""
+        self.pipeline.live.render_scale = scale
+        if chunk:  # nerfacto's; a splat renders a view in one rasterisation
+            self.pipeline.scene.render_chunk_size = chunk
         return self.pipeline.schedule.start(Stage.PDS)
 
     def stage1(self, scale: float, chunk: int) -> tuple[float, Optional[float], Optional[float]]:
@@ -214,10 +216,10 @@ class ModeBench:
             return run
 
         activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
-        render, guidance = pipeline.scene.render_view, pipeline.guidance_loss
+        render, guidance = pipeline.scene.render_view, pipeline.pds.guidance_loss
         with ExitStack() as stack:
             stack.enter_context(mock.patch.object(pipeline.scene, "render_view", labelled(render, "pds: render forward")))
-            stack.enter_context(mock.patch.object(pipeline, "guidance_loss", labelled(guidance, "pds: diffusion half forward")))
+            stack.enter_context(mock.patch.object(pipeline.pds, "guidance_loss", labelled(guidance, "pds: diffusion half forward")))
             with torch.profiler.profile(activities=activities) as profile:
                 step(start + 1)
                 synchronize(self.device)
@@ -225,16 +227,16 @@ class ModeBench:
         return profile.key_averages().table(sort_by=sort, row_limit=40)
 
     def diffusion_half(self) -> float:
-        """ms of `EditPipeline.guidance_loss` and its backward into a full-resolution image (no render)."""
+        """ms of `PdsStage.guidance_loss` and its backward into a full-resolution image (no render)."""
         pipeline = self.pipeline
-        start = self.render_at(1.0, pipeline.config.scene.render_chunk_size)
-        cameras, view = pipeline.render_cameras(), pipeline.view_for_step(start)
+        start = self.render_at(1.0, 0)  # no render: the chunk size is left as it is
+        cameras, view = pipeline.pds.render_cameras(), pipeline.pds.view_for_step(start)
         rgb = torch.rand(int(cameras.height[view]), int(cameras.width[view]), 3, device=self.device, requires_grad=True)
 
         def run(step: int) -> None:
             rgb.grad = None
             with self.autocast():
-                loss, _ = pipeline.guidance_loss(rgb, pipeline.view_for_step(step), step)
+                loss, _ = pipeline.pds.guidance_loss(rgb, pipeline.pds.view_for_step(step), step)
             loss.backward()
 
         return median_ms(run, self.steps(start), self.warmup, self.device)
@@ -244,7 +246,7 @@ class ModeBench:
         pipeline, manager = self.pipeline, self.pipeline.datamanager
         # stage 2 starts from the stage-1 renders; the originals stand in for them
         originals = [manager.original_image(view)[..., :3].cpu() for view in range(manager.num_train_images)]
-        pipeline.stage1_renders = torch.stack(originals)
+        pipeline.refinement.stage1_renders = torch.stack(originals)
         every, run_step = pipeline.config.sdedit_every, self.pipeline_step()
         blocks = self.steps(pipeline.schedule.start(Stage.REFINEMENT), every)
         stage2 = median_ms(lambda s: [run_step(s + i) for i in range(every)], blocks, self.warmup, self.device)

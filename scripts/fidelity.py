@@ -338,22 +338,19 @@ def summarise(per_view: dict, names: list[str], all_names: list[str], target: st
 
 def iterations_to_edit(run_dir: Path, truth, target: str, change_view_every: int, first_step: int) -> int | None:
     """The first stage-1 iteration (counted from 1) after which the object reads as the target colour in at least
-    90% of stage 1's own renders of its last EDIT_WINDOW_VIEWS views (logs/step-<step>_<view>.png: source | render
-    | gradient); None when that never happens."""
+    90% of stage 1's own renders (its log panels) of its last EDIT_WINDOW_VIEWS views; None when that never happens."""
     from PIL import Image
 
     from pds_nerfstudio import fidelity as fm
+    from pds_nerfstudio.edit.log_panel import read_panels
 
     reads = []
-    for panel_path in sorted((run_dir / "logs").glob("step-*_*.png")):
-        step = int(panel_path.stem.split("_", 1)[0].split("-")[1])
-        view = truth.view(panel_path.stem.split("_", 1)[1])
-        panel = np.asarray(Image.open(panel_path).convert("RGB"), dtype=np.float64) / 255
-        width = panel.shape[1] // 3
-        source, render = panel[:, :width], panel[:, width : 2 * width]
-        mask = np.asarray(Image.fromarray(view.mask).resize((width, panel.shape[0]), Image.NEAREST))
-        small = fm.SceneView(view.name, source, mask, view.depth, view.origin, view.dirs)
-        reads.append((step, fm.read_colour(render, small, truth.albedo)))
+    for panel in read_panels(run_dir):
+        view = truth.view(panel.image_name)
+        height, width = panel.render.shape[:2]
+        mask = np.asarray(Image.fromarray(view.mask).resize((width, height), Image.NEAREST))
+        small = fm.SceneView(view.name, panel.source, mask, view.depth, view.origin, view.dirs)
+        reads.append((panel.step, fm.read_colour(panel.render, small, truth.albedo)))
     window = EDIT_WINDOW_VIEWS * change_view_every
     for position, (step, _) in enumerate(reads):
         recent = [colour for s, colour in reads[: position + 1] if s > step - window]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -80,7 +81,7 @@ def test_the_edit_freezes_camera_poses_and_averages_the_appearance_codes(tiny_sc
 
 def test_stage1_keeps_a_view_for_change_view_every_steps(pipeline: EditPipeline) -> None:
     start, every = pipeline.schedule.start(Stage.PDS), pipeline.config.change_view_every
-    views = [pipeline.view_for_step(start + offset) for offset in range(5 * every)]
+    views = [pipeline.pds.view_for_step(start + offset) for offset in range(5 * every)]
     blocks = [views[i : i + every] for i in range(0, len(views), every)]
     assert all(len(set(block)) == 1 for block in blocks)
     assert len({block[0] for block in blocks}) > 1
@@ -96,34 +97,34 @@ def test_stage2_trains_on_stage1_renders_and_replaces_one_every_sdedit_every_ste
         pipeline.get_train_loss_dict(step)
         current = [manager.current_image(v).clone() for v in views]
         if previous is None:  # the first stage-2 step: every image is its view's stage-1 render, then one SDEdit
-            renders = pipeline.stage1_renders
+            renders = pipeline.refinement.stage1_renders
             assert renders is not None and renders.shape == (len(views), 32, 32, 3)
             changed = [v for v in views if not torch.equal(current[v], renders[v])]
         else:
             changed = [v for v in views if not torch.equal(current[v], previous[v])]
         if (step - start) % pipeline.config.sdedit_every == 0:
-            assert changed == [pipeline.sdedit_view(step)]
+            assert changed == [pipeline.refinement.sdedit_view(step)]
             replaced.append(changed[0])
         else:
             assert changed == []
         previous = current
     assert len(replaced) == 3 and len(set(replaced)) == 3
     untouched = [v for v in views if v not in replaced]
-    assert all(torch.equal(manager.current_image(v), pipeline.stage1_renders[v]) for v in untouched)
+    assert all(torch.equal(manager.current_image(v), pipeline.refinement.stage1_renders[v]) for v in untouched)
     assert all(torch.equal(manager.original_image(v), originals[v]) for v in views)  # sources are kept
 
 
 def test_sdedit_visits_every_view_once_per_cycle_in_a_seeded_order(pipeline: EditPipeline) -> None:
     start, every = pipeline.schedule.start(Stage.REFINEMENT), pipeline.config.sdedit_every
     count = pipeline.datamanager.num_train_images
-    visits = [pipeline.sdedit_view(start + every * k) for k in range(3 * count)]
+    visits = [pipeline.refinement.sdedit_view(start + every * k) for k in range(3 * count)]
     cycles = [visits[i : i + count] for i in range(0, len(visits), count)]
     assert all(sorted(cycle) == list(range(count)) for cycle in cycles)
     assert cycles[0] != cycles[1] and cycles[0] != list(range(count))  # drawn, not in order
-    assert visits == [pipeline.sdedit_view(start + every * k) for k in range(3 * count)]  # a function of the step
+    assert visits == [pipeline.refinement.sdedit_view(start + every * k) for k in range(3 * count)]  # a function of the step
     pipeline.config.sdedit_order = "in-order"  # the authors' order
     try:
-        assert [pipeline.sdedit_view(start + every * k) for k in range(2 * count)] == list(range(count)) * 2
+        assert [pipeline.refinement.sdedit_view(start + every * k) for k in range(2 * count)] == list(range(count)) * 2
     finally:
         pipeline.config.sdedit_order = "shuffled"
 
@@ -134,19 +135,30 @@ def test_viewer_shows_stage_and_edits_prompts_and_guidance(pipeline: EditPipelin
     pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
     assert "pds" in elements["Edit stage"].value
 
+    loaded = (pipeline.config.target_prompt, pipeline.config.guidance_scale)
     elements["Target prompt"].value = "a green sphere"
     elements["Target prompt"].cb_hook(elements["Target prompt"])
-    assert pipeline.config.target_prompt == "a green sphere"
+    assert pipeline.live.guidance.target_prompt == "a green sphere"
     elements["Target prompt"].value = "  "
     elements["Target prompt"].cb_hook(elements["Target prompt"])
-    assert pipeline.config.target_prompt == "a green sphere"  # an empty prompt is refused
+    assert pipeline.live.guidance.target_prompt == "a green sphere"  # an empty prompt is refused
 
     elements["Guidance scale"].value = 30.0
     elements["Guidance scale"].cb_hook(elements["Guidance scale"])
-    assert pipeline.config.guidance_scale == 30.0
+    assert pipeline.live.guidance.guidance_scale == 30.0
     elements["Guidance scale"].value = 0.0
     elements["Guidance scale"].cb_hook(elements["Guidance scale"])
-    assert pipeline.config.guidance_scale == 30.0
+    assert pipeline.live.guidance.guidance_scale == 30.0
+    assert (pipeline.config.target_prompt, pipeline.config.guidance_scale) == loaded  # the config is what was loaded
+
+    prior = pipeline.prior()
+    with mock.patch.object(prior, "text_embeddings", wraps=prior.text_embeddings) as embeddings, mock.patch.object(
+        prior, "eps_fn", wraps=prior.eps_fn
+    ) as eps_fn:
+        pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS) + 1)
+        prompts = [call.args[0][0] for call in embeddings.call_args_list]
+        scales = [call.args[0] for call in eps_fn.call_args_list]
+    assert "a green sphere" in prompts and scales == [30.0]  # the next step guides with what the viewer set
 
 
 def test_prior_weights_stay_out_of_the_checkpoint(pipeline: EditPipeline) -> None:

@@ -66,21 +66,21 @@ def test_construction_loads_nothing(tmp_path: Path):
 @pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf])
 def test_bad_guidance_scale_refused_before_loading(tmp_path: Path, scale: float):
     prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(tmp_path / "does-not-exist")))
-    with pytest.raises(ValueError, match="--pipeline.guidance-scale"):
+    with pytest.raises(ValueError, match=r"guidance scale must be a finite number > 0, got"):
         prior.eps_fn(scale)
     assert not prior._loaded  # nothing read from disk yet
 
 
 def test_prompts_validated():
     with pytest.raises(ValueError, match="target prompt is empty: set --pipeline.target-prompt"):
-        validate_prompts(SOURCE, "")
+        validate_prompts(SOURCE, "", "--pipeline.")
     with pytest.raises(ValueError, match="target prompt is empty"):
-        validate_prompts(SOURCE, "   ")
+        validate_prompts(SOURCE, "   ", "--pipeline.")
     with pytest.raises(ValueError, match="source prompt is empty: set --pipeline.source-prompt"):
-        validate_prompts("", TARGET)
-    validate_prompts("", TARGET, needs_source=False)  # SDS has no source branch
+        validate_prompts("", TARGET, "--pipeline.")
+    validate_prompts("", TARGET, "--pipeline.", needs_source=False)  # SDS has no source branch
     with pytest.warns(UserWarning, match="identical"):
-        validate_prompts(TARGET, TARGET)
+        validate_prompts(TARGET, TARGET, "--pipeline.")
 
 
 # --------------------------------------------------------------------- errors

@@ -30,10 +30,10 @@ def test_restore_edits_recomputes_the_replaced_images_exactly(
     views = range(killed.datamanager.num_train_images)
     expected = [killed.datamanager.current_image(v).clone() for v in views]
 
-    replayed = {killed.sdedit_view(s) for s in range(start, start + 10, 3)}
-    assert killed.stage1_renders is not None
+    replayed = {killed.refinement.sdedit_view(s) for s in range(start, start + 10, 3)}
+    assert killed.refinement.stage1_renders is not None
     for view in set(views) - replayed:  # not replaced yet: still the stage-1 render, not the source photo
-        assert torch.equal(expected[view][..., :3], killed.stage1_renders[view]), view
+        assert torch.equal(expected[view][..., :3], killed.refinement.stage1_renders[view]), view
 
     resumed = config.setup(device="cpu", test_mode="val")
     resumed.run_dir = tmp_path / "resumed"

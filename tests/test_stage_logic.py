@@ -4,6 +4,7 @@ non-finite guard, in seconds. The same logic on nerfacto and splatfacto is held 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import adam_steps
 from stub_scene import SDEDIT_EVERY, DirectionColourScene, stub_trainer
 
+from pds_nerfstudio.edit.log_panel import read_panels
 from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.edit.trainer import PDSTrainer
 
@@ -25,6 +27,7 @@ def test_a_whole_edit_switches_stages_resets_optimisers_and_replaces_images(
     trainer = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path)
     pipeline, schedule = trainer.pipeline, trainer.pipeline.schedule
     assert isinstance(pipeline.scene, DirectionColourScene)
+    loaded = copy.deepcopy(pipeline.config)
     weights_seen, adam_at_start = {}, {}
     for step in range(schedule.total):
         trainer.train_iteration(step)
@@ -37,15 +40,25 @@ def test_a_whole_edit_switches_stages_resets_optimisers_and_replaces_images(
         assert not torch.equal(weights_seen[start], weights_seen[schedule.start(stage) + 1])
     assert adam_steps(trainer, "fields") == {schedule.refinement}
 
-    renders = pipeline.stage1_renders
+    renders = pipeline.refinement.stage1_renders
     assert renders is not None and renders.shape[0] == pipeline.datamanager.num_train_images
     sdedit_steps = range(schedule.start(Stage.REFINEMENT), schedule.total, SDEDIT_EVERY)
-    replaced = {pipeline.sdedit_view(step) for step in sdedit_steps}
+    replaced = {pipeline.refinement.sdedit_view(step) for step in sdedit_steps}
     images = _training_images(trainer)
     for view in range(images.shape[0]):  # stage 2 trains on the stage-1 renders, SDEdit replacing one every 3 steps
         assert torch.equal(images[view], renders[view].to(images)) is (view not in replaced), view
     assert len(replaced) == len(sdedit_steps)
     assert sorted(p.name for p in (trainer.base_dir / "renders").iterdir()) == ["pds", "reconstruction", "refinement"]
+    assert pipeline.config == loaded  # run-time state lives in the pipeline, not in its config
+
+    (panel,) = read_panels(trainer.base_dir)  # stage 1's log panel (log_every 100: its first step only)
+    view = pipeline.pds.view_for_step(schedule.start(Stage.PDS))
+    names = pipeline.datamanager.train_dataparser_outputs.image_filenames
+    assert panel.step == schedule.start(Stage.PDS) and panel.image_name == Path(names[view]).stem
+    source = pipeline.datamanager.original_image(view)[..., :3].numpy()
+    assert panel.source.shape == source.shape and abs(panel.source - source).max() <= 1 / 255 + 1e-6
+    assert panel.render.shape == source.shape == panel.gradient.shape
+    assert (panel.gradient == panel.gradient[..., :1]).all() and 0.5 < panel.gradient.max() <= 1  # a grey magnitude
 
 
 def test_a_resumed_edit_replays_stage_2_and_ends_where_the_uninterrupted_one_ends(

@@ -178,5 +178,5 @@ def test_a_non_finite_sdedit_never_becomes_a_training_image(
     prior = pipeline.prior()
     monkeypatch.setattr(prior, "decode", lambda latents, **_: torch.full((1, 3, 64, 64), float("nan")))
     pipeline.get_train_loss_dict(start)  # stage 2 begins: the stage-1 renders, then an SDEdit that overflowed
-    view = pipeline.sdedit_view(start)
-    assert torch.equal(pipeline.datamanager.current_image(view), pipeline.stage1_renders[view])
+    view = pipeline.refinement.sdedit_view(start)
+    assert torch.equal(pipeline.datamanager.current_image(view), pipeline.refinement.stage1_renders[view])

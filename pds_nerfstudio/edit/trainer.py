@@ -245,8 +245,8 @@ class PDSTrainer(Trainer):
                 if not overflow or self.nonfinite_guard.in_a_row > 1:  # a lone overflow is the scaler's routine
                     CONSOLE.print(f"[bold yellow]Step {step}: non-finite {'gradients' if loss_finite else 'loss'}; "
                                   "the step was skipped, the scene is unchanged")  # fmt: skip
-            if self.pipeline.is_log_step(step):
-                warning = self.stall.record(step, self.pipeline.gradient_norm(), self.pipeline.probe_change())
+            if self.pipeline.pds.is_log_step(step):
+                warning = self.stall.record(step, self.pipeline.gradient_norm(), self.pipeline.pds.probe_change())
                 if warning is not None:
                     CONSOLE.print(f"[bold yellow]{warning}")
         except torch.cuda.OutOfMemoryError:

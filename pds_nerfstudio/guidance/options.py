@@ -9,7 +9,7 @@ name with dashes), which the caller passes to :meth:`GuidanceOptions.validate_gu
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal, Protocol, Sequence
 
 import torch
@@ -35,13 +35,15 @@ def flag(option_prefix: str, name: str) -> str:
     return option_prefix + name.replace("_", "-")
 
 
-def validate_guidance_scale(guidance_scale: float, option: str = "--pipeline.guidance-scale") -> None:
-    """Refuse a classifier-free guidance weight <= 0 (or not finite) before anything loads."""
+def validate_guidance_scale(guidance_scale: float, option: str | None = None) -> None:
+    """Refuse a classifier-free guidance weight <= 0 (or not finite) before anything loads; the error names the
+    command-line `option` that sets it, where there is one."""
     if not (guidance_scale > 0 and guidance_scale != float("inf")):
-        raise ValueError(f"guidance scale must be a finite number > 0, got {guidance_scale}: set {option}")
+        where = f": set {option}" if option is not None else ""
+        raise ValueError(f"guidance scale must be a finite number > 0, got {guidance_scale}{where}")
 
 
-def validate_prompts(source: str, target: str, option_prefix: str = "--pipeline.", needs_source: bool = True) -> None:
+def validate_prompts(source: str, target: str, option_prefix: str, needs_source: bool = True) -> None:
     """Refuse an empty target (or, where the method compares two prompts, source) prompt; warn when equal.
 
     Raises:
@@ -85,6 +87,10 @@ class GuidanceOptions:
     def needs_source(self) -> bool:
         """PDS and DDS compare the target with the source (prompt and latent); SDS has no source branch."""
         return self.method != "sds"
+
+    def guidance_options(self) -> GuidanceOptions:
+        """A copy of these options alone (of a pipeline config that is one, without the rest of its fields)."""
+        return GuidanceOptions(**{option.name: getattr(self, option.name) for option in fields(GuidanceOptions)})
 
     def validate_guidance(self, option_prefix: str) -> None:
         """Every check that needs no weights; a ValueError names the option under `option_prefix`."""

@@ -38,9 +38,11 @@ class NerfactoScene(SceneAdapter):
     def __init__(self, config: NerfactoSceneConfig, model: NerfactoModel) -> None:
         super().__init__(config, model)
         accelerate_hash_encodings(model, config.fast_encoding)
+        self.render_chunk_size = config.render_chunk_size
+        """Rays per chunk of a stage-1 render; a benchmark sweeps it in a running pipeline."""
 
     def render_view(self, cameras: Cameras, view: int) -> SceneRender:
-        render = render_view(self.model, cameras, view, self.config.render_chunk_size, self.config.deferred_backprop)
+        render = render_view(self.model, cameras, view, self.render_chunk_size, self.config.deferred_backprop)
         losses = {}
         if self.config.pds_proposal_losses:
             losses["interlevel_loss"] = self.model.config.interlevel_loss_mult * render.interlevel_loss
