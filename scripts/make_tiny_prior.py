@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     # Imported after parsing so that --help and usage errors do not wait for torch and diffusers.
-    from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior
+    from pds_nerfstudio.synthetic.tiny_prior import build_tiny_prior
 
     try:
         out_dir = build_tiny_prior(args.out_dir, args.architecture, args.seed, args.dtype, args.overwrite)

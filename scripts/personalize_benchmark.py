@@ -55,7 +55,7 @@ def losses(scene: Path, lora: Path, prompts: dict[str, str]) -> dict:
 
     from pds_nerfstudio.cli.personalize import encode, scene_images
     from pds_nerfstudio.data.dataset import read_image
-    from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
+    from pds_nerfstudio.synthetic.embedded_prior import embedded_toy_prior_dir
     from pds_nerfstudio.prior.dreambooth import held_denoising_loss
     from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 
@@ -81,8 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.exists() and any(out.iterdir()):
         print(f"personalize_benchmark: error: {out} is not empty", file=sys.stderr)
         return 2
-    from pds_nerfstudio.fixtures.procedural_scene import make_scene
-    from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
+    from pds_nerfstudio.synthetic.procedural_scene import make_scene
+    from pds_nerfstudio.synthetic.embedded_prior import embedded_toy_prior_dir
 
     out.mkdir(parents=True, exist_ok=True)
     scene, lora = out / "scene", out / "lora"

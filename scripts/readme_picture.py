@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fidelity import edit_caption  # scripts/fidelity.py, beside this script
+from pds_nerfstudio.measure.fidelity_report import edit_caption
 
 PANELS = (("scene", "scene"), ("pds/refinement", "PDS, NeRF"), ("pds-splat/refinement", "PDS, splats"))
 """(key in a chain's renders.npz, caption) of each tile of an edit."""

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dataclasses import replace
 
-    from pds_nerfstudio.fixtures.toy_prior import ToyPriorRecipe, sample_grid, train_toy_prior
+    from pds_nerfstudio.synthetic.toy_prior import ToyPriorRecipe, sample_grid, train_toy_prior
 
     overrides = {
         "seed": args.seed,

@@ -92,7 +92,7 @@ def viewer_output_until_loaded(config: Path, env: dict[str, str], cwd: Path, por
 @pytest.fixture(scope="session")
 def tiny_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A procedural 32x32 scene of 12 views (11 train, 1 eval), read-only like a user's scene."""
-    from pds_nerfstudio.fixtures.procedural_scene import make_scene
+    from pds_nerfstudio.synthetic.procedural_scene import make_scene
 
     scene = tmp_path_factory.mktemp("scenes") / "red_sphere"
     make_scene(scene, size=32, num_views=12, objects=("red sphere", "blue cube"), seed=0)
@@ -121,7 +121,7 @@ def offline_hub():
 @pytest.fixture(scope="session")
 def tiny_prior_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny randomly initialised Stable Diffusion pipeline folder (loads offline)."""
-    from pds_nerfstudio.fixtures.tiny_prior import build_tiny_prior
+    from pds_nerfstudio.synthetic.tiny_prior import build_tiny_prior
 
     return build_tiny_prior(tmp_path_factory.mktemp("prior") / "tiny-sd")
 
@@ -192,7 +192,7 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-    from pds_nerfstudio.fixtures.tiny_prior import _learn_merges, tokenizer_vocab
+    from pds_nerfstudio.synthetic.tiny_prior import _learn_merges, tokenizer_vocab
 
     folder = tmp_path_factory.mktemp("clip") / "tiny-clip"
     vocab = tokenizer_vocab()

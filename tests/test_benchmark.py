@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import waiting
+
+from pds_nerfstudio.measure import speed as benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,10 +51,7 @@ def test_benchmark_reports_stage1_rows_and_each_modes_costs(user_env: dict[str, 
 def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(
     tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "benchmark", benchmark)  # its dataclasses look their module up
-    spec.loader.exec_module(benchmark)  # in-process: no pipeline is built, so no import time to pay again
+    # in-process: no pipeline is built, so no import time to pay again
     args = ["--resolutions", "16", "--device", "cpu", "--time-budget", "0", "--render-chunk-sizes", "0", "4096",
             "--prior", str(tiny_prior_dir)]  # fmt: skip
     assert benchmark.main([*args, "--output", str(tmp_path / "report.md")]) == 0
@@ -89,10 +87,6 @@ def test_benchmark_measures_the_splat_edit_on_cpu(user_env: dict[str, str], tmp_
 def test_a_mode_that_cannot_run_is_reported_and_the_others_are_measured(
     tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spec = importlib.util.spec_from_file_location("benchmark", REPO / "scripts" / "benchmark.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "benchmark", benchmark)
-    spec.loader.exec_module(benchmark)
     real_build = benchmark.build
 
     def build(scene, prior, device, mode, tiny):

@@ -6,31 +6,21 @@ The full demo (about 6.5 minutes on 2 cores) is not run here; `make demo` is its
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 import waiting
 
+from pds_nerfstudio import demo
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def demo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("pds_demo_script", REPO / "scripts" / "demo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("gpu", [False, True], ids=["cpu", "gpu"])
-def test_train_command_is_one_ns_train_pds_through_all_stages(demo: ModuleType, gpu: bool, tmp_path: Path) -> None:
+def test_train_command_is_one_ns_train_pds_through_all_stages(gpu: bool, tmp_path: Path) -> None:
     import tyro
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
@@ -57,7 +47,7 @@ def test_train_command_is_one_ns_train_pds_through_all_stages(demo: ModuleType, 
         assert pipeline.render_scale < 1.0
 
 
-def test_render_command_is_ns_render_interpolate_of_the_run(demo: ModuleType, tmp_path: Path) -> None:
+def test_render_command_is_ns_render_interpolate_of_the_run(tmp_path: Path) -> None:
     import tyro
     from nerfstudio.scripts.render import Commands, RenderInterpolated
 
@@ -79,13 +69,13 @@ def test_dry_run_prints_the_commands_and_runs_nothing(user_env: dict[str, str], 
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     commands = [line[2:] for line in result.stdout.splitlines() if line.startswith("$ ")]
     assert len(commands) == 3, result.stdout
-    assert commands[0].startswith("python ") and "make_scene.py" in commands[0]
+    assert commands[0].startswith("python -m pds_nerfstudio.synthetic.make_scene ")  # = python scripts/make_scene.py
     assert commands[1].startswith("ns-train pds ") and "--pipeline.prior.model-id" in commands[1]
     assert commands[2].startswith("ns-render interpolate ") and "--pose-source train" in commands[2]
     assert not out.exists(), "a dry run writes no outputs"
 
 
-def test_scene_command_makes_the_procedural_scene(demo: ModuleType, tmp_path: Path) -> None:
+def test_scene_command_makes_the_procedural_scene(tmp_path: Path) -> None:
     layout = demo.Layout(tmp_path / "out")
     made = waiting.run(demo.scene_command(layout))
     assert made.returncode == 0, made.stderr[-3000:]
@@ -95,7 +85,7 @@ def test_scene_command_makes_the_procedural_scene(demo: ModuleType, tmp_path: Pa
     assert len(list((layout.scene / "images").glob("*.png"))) == demo.NUM_VIEWS
 
 
-def test_output_root_is_new_each_run(demo: ModuleType, tmp_path: Path) -> None:
+def test_output_root_is_new_each_run(tmp_path: Path) -> None:
     first = demo.new_output_root(tmp_path)
     (first / "keep.txt").write_text("earlier run")
     second = demo.new_output_root(tmp_path)  # same second: a suffixed folder, not the same one
@@ -105,7 +95,7 @@ def test_output_root_is_new_each_run(demo: ModuleType, tmp_path: Path) -> None:
     assert not planned.exists() and not (tmp_path / "dry").exists()
 
 
-def test_summary_names_every_output_and_the_real_weights_commands(demo: ModuleType, tmp_path: Path) -> None:
+def test_summary_names_every_output_and_the_real_weights_commands(tmp_path: Path) -> None:
     layout = demo.Layout(tmp_path / "out")
     for stage in ("reconstruction", "pds", "refinement"):
         (layout.run_dir / "renders" / stage).mkdir(parents=True)
@@ -130,8 +120,8 @@ def _renders(folder: Path, scene: Path, colour: str | None, names: list[str]) ->
         shutil.copy((scene.parent / colour if colour else scene) / "images" / name, folder / name)
 
 
-def test_the_demo_measures_its_result_and_fails_when_the_edit_missed(demo: ModuleType, tmp_path: Path) -> None:
-    from pds_nerfstudio.fixtures.procedural_scene import make_scene
+def test_the_demo_measures_its_result_and_fails_when_the_edit_missed(tmp_path: Path) -> None:
+    from pds_nerfstudio.synthetic.procedural_scene import make_scene
 
     layout = demo.Layout(tmp_path / "out")
     for colour in ("red", "blue"):  # one layout (seed), two colours: the blue one is a perfect edit

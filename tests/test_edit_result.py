@@ -7,10 +7,10 @@ from pathlib import Path
 
 from conftest import run_cli
 
-from pds_nerfstudio.fidelity import load_scene_truth, measure_stage_renders
-from pds_nerfstudio.fixtures.procedural_scene import make_scene
-from pds_nerfstudio.fixtures.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS, edit_schedule_options
-from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
+from pds_nerfstudio.measure.fidelity_measures import load_scene_truth, measure_stage_renders
+from pds_nerfstudio.synthetic.procedural_scene import make_scene
+from pds_nerfstudio.synthetic.small_nerfacto import CPU_NERFACTO_OPTIONS, NO_EVALUATION_OPTIONS, edit_schedule_options
+from pds_nerfstudio.synthetic.embedded_prior import embedded_toy_prior_dir
 
 RECONSTRUCTION, PDS, REFINEMENT = 250, 60, 110  # 110: each of the 11 training views SDEdited once
 

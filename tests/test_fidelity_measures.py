@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pds_nerfstudio import fidelity as fm
-from pds_nerfstudio.fixtures.procedural_scene import PALETTE, make_scene
+from pds_nerfstudio.measure import fidelity_measures as fm
+from pds_nerfstudio.synthetic.procedural_scene import PALETTE, make_scene
 
 COLOURS = ("red", "blue", "green", "yellow", "white", "black", "gray", "pink")
 

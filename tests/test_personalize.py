@@ -14,7 +14,7 @@ from conftest import console_script, folder_snapshot, run_cli
 from test_ns_commands import TINY_NERFACTO, pds_args
 
 from pds_nerfstudio import compat
-from pds_nerfstudio.fixtures.embedded_prior import embedded_toy_prior_dir
+from pds_nerfstudio.synthetic.embedded_prior import embedded_toy_prior_dir
 
 compat.allow_nerfstudio_checkpoints()
 INSTANCE, CLASS = "a sks red sphere", "a red sphere"
@@ -22,7 +22,7 @@ INSTANCE, CLASS = "a sks red sphere", "a red sphere"
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pds_nerfstudio.fixtures.procedural_scene import make_scene
+    from pds_nerfstudio.synthetic.procedural_scene import make_scene
 
     return make_scene(tmp_path_factory.mktemp("lora") / "scene", size=64, num_views=8, objects=("red sphere",)).out_dir
 

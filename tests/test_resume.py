@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import torch
@@ -73,29 +72,3 @@ def test_sigkill_mid_refinement_then_load_dir_resumes_in_stage_2(
     assert all(step > last and abs(percent - 100 * step / 64) < 0.01 for step, percent in progress), progress
     resumed = tmp_path / tiny_scene.name / "pds" / "resumed" / "nerfstudio_models"
     assert max(int(p.stem.split("-")[1]) for p in resumed.glob("step-*.ckpt")) == 63
-
-
-def test_a_finished_edit_says_so_and_other_stage_lengths_are_refused(
-    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
-) -> None:
-    base = ["ns-train", "pds", "--data", str(tiny_scene), "--output-dir", str(tmp_path), *TINY_NERFACTO]
-    run_cli([*base, *pds_args(tiny_prior_dir, 3, 2, 2), "--timestamp", "first"], user_env, cwd=tmp_path)
-    models = tmp_path / tiny_scene.name / "pds" / "first" / "nerfstudio_models"
-
-    def resume(timestamp: str, lengths: tuple[int, int, int]) -> subprocess.CompletedProcess:
-        return waiting.run(
-            [console_script("ns-train"), *base[1:], *pds_args(tiny_prior_dir, *lengths), "--timestamp", timestamp,
-             "--load-dir", str(models)], user_env, tmp_path,
-        )  # fmt: skip
-
-    finished = resume("again", (3, 2, 2))
-    assert finished.returncode == 0 and "Traceback" not in finished.stderr, finished.stderr[-2000:]
-    assert "is finished: its checkpoint is at step 6, the last of its 7 steps" in " ".join(finished.stdout.split())
-    assert not (tmp_path / tiny_scene.name / "pds" / "again").exists()  # nothing written
-
-    longer = resume("longer", (3, 4, 2))
-    assert longer.returncode != 0 and "Traceback" not in longer.stderr
-    message = longer.stderr.strip().splitlines()[-1]
-    assert message.startswith("error:") and "3 + 2 + 2" in message and "3 + 4 + 2" in message
-    assert "--pipeline.pds-iterations" in message
-    assert not (tmp_path / tiny_scene.name / "pds" / "longer").exists()

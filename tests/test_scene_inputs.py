@@ -29,7 +29,7 @@ from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from pds_nerfstudio.data.datamanager import PDSDataManager, PDSDataManagerConfig, in_memory_scale
 from pds_nerfstudio.data.dataset import PDSInputDataset
-from pds_nerfstudio.fixtures.procedural_scene import make_scene
+from pds_nerfstudio.synthetic.procedural_scene import make_scene
 from pds_nerfstudio.data.scene_checks import validate_scene
 
 NUM_VIEWS = 8

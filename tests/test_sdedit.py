@@ -97,8 +97,8 @@ def _shipped_schedulers() -> dict[str, dict]:
     """The scheduler configs of the priors we ship and build (toy: the embedded one; tiny: tests')."""
     import json
 
-    from pds_nerfstudio.fixtures.embedded_prior import EMBEDDED_TOY_PRIOR
-    from pds_nerfstudio.fixtures.tiny_prior import SCHEDULER_CONFIG
+    from pds_nerfstudio.synthetic.embedded_prior import EMBEDDED_TOY_PRIOR
+    from pds_nerfstudio.synthetic.tiny_prior import SCHEDULER_CONFIG
 
     toy = json.loads((EMBEDDED_TOY_PRIOR / "scheduler" / "scheduler_config.json").read_text())
     no_offset = {**SCHEDULER_CONFIG, "steps_offset": 0, "set_alpha_to_one": True}
@@ -131,7 +131,7 @@ def test_sdedit_with_a_priors_settings_is_diffusers_ddim_loop(num_steps: int) ->
     (steps_offset 1, final abar = abar_0), against sdedit given that prior's ddim_settings."""
     from diffusers import DDIMScheduler
 
-    from pds_nerfstudio.fixtures.tiny_prior import SCHEDULER_CONFIG
+    from pds_nerfstudio.synthetic.tiny_prior import SCHEDULER_CONFIG
 
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
     scheduler.set_timesteps(20)

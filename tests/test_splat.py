@@ -32,7 +32,7 @@ def _edit_args(prior: Path, lengths: tuple[int, int, int]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def splat_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pds_nerfstudio.fixtures.procedural_scene import make_scene
+    from pds_nerfstudio.synthetic.procedural_scene import make_scene
 
     scene = tmp_path_factory.mktemp("splat") / "scene"
     make_scene(scene, size=32, num_views=8, objects=("red sphere",), seed=0, num_points=400)

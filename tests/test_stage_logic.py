@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import adam_steps
-from stub_scene import SDEDIT_EVERY, DirectionColourScene, stub_trainer
+from stub_scene import SDEDIT_EVERY, STAGES, DirectionColourScene, stub_trainer
 
 from pds_nerfstudio.edit.log_panel import read_panels
 from pds_nerfstudio.edit.stages import Stage
@@ -105,3 +105,29 @@ def test_non_finite_steps_never_reach_the_scene_and_too_many_stop_the_run(
     with pytest.raises(SystemExit, match=r"2 iterations in a row up to step \d+ \(pds\) gave non-finite loss"):
         trainer.train_iteration(step + 1)
     assert torch.equal(trainer.pipeline.model.colour.weight, before)
+
+
+def test_a_finished_edit_says_so_and_other_stage_lengths_are_refused_before_anything_is_written(
+    tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path)
+    first.train()
+    models, last = first.checkpoint_dir, first.pipeline.schedule.total - 1
+    capsys.readouterr()
+
+    with pytest.raises(SystemExit) as finished:  # the same lengths, from the last checkpoint: nothing to do
+        stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, "again", trainer_options=dict(load_dir=models))
+    assert finished.value.code == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert f"is finished: its checkpoint is at step {last}, the last of its {last + 1} steps" in said
+    assert "ns-render interpolate --load-config" in said
+    assert not (first.base_dir.parent / "again").exists()  # nothing written
+
+    lengths = dict(STAGES, pds_iterations=STAGES["pds_iterations"] + 2)
+    with pytest.raises(SystemExit) as longer:
+        stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, "longer", trainer_options=dict(load_dir=models), **lengths)
+    message = str(longer.value.code)
+    assert message.startswith("error:") and "\n" not in message and "--pipeline.pds-iterations" in message
+    stored, asked = (" + ".join(str(n) for n in (*options.values(),)) for options in (STAGES, lengths))
+    assert f"stage lengths {stored}" in message and f"asks for {asked}" in message
+    assert not (first.base_dir.parent / "longer").exists()

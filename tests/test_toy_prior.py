@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pds_nerfstudio.fixtures.embedded_prior import EMBEDDED_TOY_PRIOR, embedded_toy_prior_dir
-from pds_nerfstudio.fixtures.toy_prior import RECIPE_FILE, ToyPriorRecipe, train_toy_prior
+from pds_nerfstudio.synthetic.embedded_prior import EMBEDDED_TOY_PRIOR, embedded_toy_prior_dir
+from pds_nerfstudio.synthetic.toy_prior import RECIPE_FILE, ToyPriorRecipe, train_toy_prior
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 
 SMOKE_RECIPE = replace(
@@ -77,7 +77,7 @@ def test_the_embedded_toy_prior_is_small_and_complete() -> None:
 def test_the_embedded_toy_prior_knows_its_colours(true: str, wrong: str, tmp_path: Path, offline_hub) -> None:
     """Diffusion as a classifier: the right caption predicts a render's noise better than a wrong colour's,
     on average over timesteps 100..700 and noises (fixed seeds: the answer does not depend on the machine)."""
-    from pds_nerfstudio.fixtures.procedural_scene import make_scene
+    from pds_nerfstudio.synthetic.procedural_scene import make_scene
 
     info = make_scene(tmp_path / "scene", size=64, num_views=4, objects=(f"{true} cube",), seed=123)
     prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(EMBEDDED_TOY_PRIOR), dtype="fp32", device="cpu"))

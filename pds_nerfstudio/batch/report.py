@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pds_nerfstudio.batch.plan import Job
-from pds_nerfstudio.fixtures.procedural_scene import PALETTE
+from pds_nerfstudio.synthetic.procedural_scene import PALETTE
 
 TILE = 96
 """Side of a contact-sheet tile."""
@@ -20,7 +20,7 @@ def known_answer(job: Job, run_dir: Path) -> Optional[Dict[str, Any]]:
     """For a procedural scene (`scene.json`) and a target prompt that names a palette colour: how many training
     views read as that colour after stage 2, and the background PSNR against the run's own reconstruction
     renders (or the scene's images when the run started from a checkpoint). None otherwise."""
-    from pds_nerfstudio.fidelity import load_scene_truth, measure_stage_renders
+    from pds_nerfstudio.measure.fidelity_measures import load_scene_truth, measure_stage_renders
 
     colours = [word for word in job.target.lower().replace(",", " ").split() if word in PALETTE]
     renders = run_dir / "renders"

@@ -1,11 +1,10 @@
-"""Tests of the offline fixtures: the tiny Stable Diffusion prior and the procedural scenes."""
+"""Tests of the synthetic stand-ins: the tiny Stable Diffusion prior and the procedural scenes."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
-import runpy
 import sys
 import textwrap
 from pathlib import Path
@@ -18,8 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from pds_nerfstudio.fixtures.procedural_scene import PALETTE, SHAPES, make_scene
-from pds_nerfstudio.fixtures.tiny_prior import (
+from pds_nerfstudio.synthetic.procedural_scene import PALETTE, SHAPES, make_scene
+from pds_nerfstudio.synthetic.tiny_prior import (
     SCHEDULER_CONFIG,
     build_tiny_prior,
     default_prior_dir,
@@ -184,12 +183,12 @@ def test_default_prior_dir_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert [path.name for path in first.parent.iterdir()] == [first.name]  # no staging folders left
 
 
-def test_make_tiny_prior_cli_refuses_non_empty_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    main = runpy.run_path(str(REPO / "scripts" / "make_tiny_prior.py"))["main"]
+def test_make_tiny_prior_cli_refuses_non_empty_folder(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("keep me")
-    assert main([str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not empty" in err and "--overwrite" in err
+    refused = waiting.run([sys.executable, str(REPO / "scripts" / "make_tiny_prior.py"), str(tmp_path)], _env())
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and "not empty" in refused.stderr and "--overwrite" in refused.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["notes.txt"]
 
 
 # ---------------------------------------------------------------- procedural scene

@@ -1,6 +1,6 @@
 """Measures of an edit of a procedural scene, whose right answer is known (plain numpy; no nerfstudio).
 
-A procedural scene (:mod:`pds_nerfstudio.fixtures.procedural_scene`) is Lambertian: every object pixel is its
+A procedural scene (:mod:`pds_nerfstudio.synthetic.procedural_scene`) is Lambertian: every object pixel is its
 albedo times a grey shading factor, ``image = albedo * s``. The source view and the source albedo (``scene.json``)
 give ``s`` per pixel, so an edited render divided by ``s`` estimates the edited albedo, whatever the light. The
 nearest palette colour of that estimate is the view's colour. (Hue alone would do for chromatic colours, since
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from jaxtyping import Bool, Float
 
-from pds_nerfstudio.fixtures.procedural_scene import PALETTE
+from pds_nerfstudio.synthetic.procedural_scene import PALETTE
 
 SILHOUETTE_MARGIN = 0.02
 """Fraction of the scene extent by which a surface must be in front of the background to count as object."""

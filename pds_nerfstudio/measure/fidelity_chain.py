@@ -1,0 +1,75 @@
+"""One chain of the fidelity matrix (an edit of one scene and seed: a reconstruction and one run per method), where
+its files lie, and the matrix's constants."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+METHODS = ("pds", "sds", "dds")
+STAGES = ("pds", "refinement")
+"""The measured results: the end of stage 1 and the end of stage 2."""
+FULL_MATRIX = (
+    "red sphere:blue sphere",
+    "green cube:purple cube",
+    "blue cylinder:orange cylinder",
+    "yellow sphere:green sphere",
+    "white cube:red cube",
+    "orange cylinder:black cylinder",
+    "purple sphere:white sphere",
+    "cyan cube:gray cube",
+)
+"""Chromatic and achromatic sources and targets, on spheres, cubes and cylinders."""
+QUICK_MATRIX = ("red sphere:blue sphere", "cyan cube:gray cube")
+SUCCESS = 0.9
+"""Attribute success that counts as edited (iterations-to-edit; the goal)."""
+EDIT_WINDOW_VIEWS = 5
+"""Iterations-to-edit reads the renders of the last this many stage-1 views."""
+SAMPLE_VIEWS = 8
+"""Views of each scene into which the prior samples the target caption."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One edit of one scene (layout and runs seeded by `seed`): a reconstruction and one run per method."""
+
+    source: str
+    target: str
+    seed: int
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.source.replace(' ', '-')}_to_{self.target.split()[0]}"
+
+    @property
+    def scene(self) -> Path:
+        return self.root / "scene"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def reconstruction(self, kind: str = "nerfacto") -> Path:
+        return self.runs / "scene" / KINDS[kind]["reconstruction"] / "source"
+
+    def run(self, label: str) -> Path:
+        kind, method = run_kind(label)
+        return self.runs / "scene" / KINDS[kind]["edit"] / method
+
+
+KINDS = {
+    "nerfacto": {"reconstruction": "pds-nerfacto", "edit": "pds", "suffix": ""},
+    "splat": {"reconstruction": "pds-splatfacto", "edit": "pds-splat", "suffix": "-splat"},
+}
+"""The scene representations: their reconstruction and edit methods, and the suffix of their runs' labels."""
+
+
+def run_kind(label: str) -> tuple[str, str]:
+    """(scene kind, method) of a run label: "pds" is PDS on nerfacto, "pds-splat" PDS on splats."""
+    return ("splat", label[: -len("-splat")]) if label.endswith("-splat") else ("nerfacto", label)
+
+
+def stage_ends(reconstruction: int, pds: int, refinement: int) -> dict[str, int]:
+    """Global step of the last iteration of stages 1 and 2 (their checkpoints)."""
+    return {"pds": reconstruction + pds - 1, "refinement": reconstruction + pds + refinement - 1}

@@ -1,0 +1,154 @@
+"""The fidelity matrix's report: its tables (markdown), the goals with their measured numbers, and the
+side-by-side picture."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pds_nerfstudio.measure.fidelity_chain import KINDS, SUCCESS
+
+
+def edit_caption(chain: dict) -> str:
+    """'red sphere -> blue' for a chain's settings (its measures.json "chain")."""
+    return f"{chain['source']} -> {chain['target'].split()[0]}"
+
+
+def spread(values: list[float], percent: bool = False) -> str:
+    """Mean, and the range over seeds when there is more than one value."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return "n/a"
+    show = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:.1f}")
+    text = show(float(np.mean(finite)))
+    return text if len(finite) == 1 else f"{text} ({show(min(finite))}-{show(max(finite))})"
+
+
+def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str, dict]:
+    """The tables (markdown) and the goals' numbers."""
+    def runs(method):
+        return [r["runs"][method] for r in results if method in r["runs"]]
+
+    lines = ["### Over the whole matrix (mean over edits and seeds; range over edits x seeds)", "",
+             "| method | reads as target after stage 1 (train / held-out) | after stage 2 (train / held-out) "
+             "| iterations-to-edit (median; not reached) | object depth change, % of extent | object pixels moved > 5% "
+             "| silhouette IoU | background PSNR after stage 1 / 2 (dB) |", "|" + "---|" * 8]  # fmt: skip
+    goals: dict = {}
+    for method in methods:
+        r = runs(method)
+        if not r:
+            continue
+        s1 = [x["pds"] for x in r]
+        s2 = [x["refinement"] for x in r]
+        reached = [x["iterations_to_edit"] for x in r if x["iterations_to_edit"] is not None]
+        median = f"{int(np.median(reached))}" if reached else "never"
+        lines.append(
+            f"| {method} | {spread([x['train']['attribute_success'] for x in s1], True)} / "
+            f"{spread([x['eval']['attribute_success'] for x in s1], True)} | "
+            f"{spread([x['train']['attribute_success'] for x in s2], True)} / "
+            f"{spread([x['eval']['attribute_success'] for x in s2], True)} | {median}; {len(r) - len(reached)} of {len(r)} | "
+            f"{spread([100 * x['train']['depth_error'] for x in s2])} | "
+            f"{spread([x['train']['depth_outliers'] for x in s2], True)} | "
+            f"{np.mean([x['train']['silhouette_iou'] for x in s2]):.3f} | "
+            f"{spread([x['train']['background_psnr'] for x in s1])} / {spread([x['train']['background_psnr'] for x in s2])} |"
+        )
+        goals[method] = {
+            "success_stage2": float(np.mean([(x["train"]["attribute_success"] + x["eval"]["attribute_success"]) / 2 for x in s2])),
+            "stage2_lowered_success": sum(b["train"]["attribute_success"] < a["train"]["attribute_success"] for a, b in zip(s1, s2)),
+            "stage2_raised_background": sum(b["train"]["background_psnr"] > a["train"]["background_psnr"] for a, b in zip(s1, s2)),
+            "runs": len(r),
+            "background_psnr_stage2": float(np.mean([x["train"]["background_psnr"] for x in s2])),
+            "depth_error_stage2": float(np.mean([x["train"]["depth_error"] for x in s2])),
+            "silhouette_iou_stage2": float(np.mean([x["train"]["silhouette_iou"] for x in s2])),
+        }  # fmt: skip
+    lines += ["", "### Per edit (after stage 2, training views; mean over seeds, range in brackets)", "",
+              "| edit | prior's own samples read as target | " + " | ".join(
+                  f"{m}: reads as target / background PSNR" for m in methods) + " |",
+              "|" + "---|" * (2 + len(methods))]  # fmt: skip
+    by_edit: dict[str, list[dict]] = {}
+    for r in results:
+        by_edit.setdefault(edit_caption(r["chain"]), []).append(r)
+    for edit, group in by_edit.items():
+        cells = [edit, spread([g["prior_samples_read_as_target"] for g in group], True)]
+        for method in methods:
+            s2 = [g["runs"][method]["refinement"]["train"] for g in group if method in g["runs"]]
+            cells.append(f"{spread([x['attribute_success'] for x in s2], True)} / {spread([x['background_psnr'] for x in s2])}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Identity is measured against the source reconstruction of the same kind (nerfacto for pds, sds "
+              "and dds; splatfacto for the -splat runs): object depth change, silhouette IoU (1 = the source's "
+              "silhouette) and background PSNR outside the object. For scale, the source reconstructions against "
+              "the scenes' own images:"]  # fmt: skip
+    for kind in KINDS:
+        reference = [r["source_vs_scene"][kind] for r in results if kind in r["source_vs_scene"]]
+        if reference:
+            lines.append(
+                f"{KINDS[kind]['reconstruction']}: background PSNR {np.mean([r['background_psnr'] for r in reference]):.1f} "
+                f"dB, silhouette IoU against the true one {np.mean([r['silhouette_iou'] for r in reference]):.3f}, "
+                f"object read as its own colour in {spread([r['train_reads_as_source'] for r in reference], True)} of "
+                f"training and {spread([r['eval_reads_as_source'] for r in reference], True)} of held-out views."
+            )
+    return "\n".join([*lines, "", args_text]), goals
+
+
+def goal_lines(goals: dict) -> list[str]:
+    """The issue's goals, each with the measured number; 'met' or 'missed by'."""
+    lines = []
+    if "pds-splat" in goals:
+        splat = goals["pds-splat"]
+        lines.append(f"- PDS on splats reads as the target after stage 2 in {100 * splat['success_stage2']:.0f}% of "
+                     f"views; background PSNR {splat['background_psnr_stage2']:.1f} dB (no goal set)")  # fmt: skip
+    if "pds" not in goals:
+        return lines or ["goals: PDS was not run"]
+    pds = goals["pds"]
+    lines = lines + [
+        f"- PDS reads as the target after stage 2 in {100 * pds['success_stage2']:.0f}% of views (goal >= 90%): "
+        + ("met" if pds["success_stage2"] >= SUCCESS else f"missed by {100 * (SUCCESS - pds['success_stage2']):.0f} points"),
+        f"- stage 2 lowered PDS's attribute success in {pds['stage2_lowered_success']} of {pds['runs']} runs and raised "
+        f"its background PSNR in {pds['stage2_raised_background']} of {pds['runs']} (goal: never lowers, raises)",
+        f"- PDS background PSNR after stage 2: {pds['background_psnr_stage2']:.1f} dB (goal >= 25 dB): "
+        + ("met" if pds["background_psnr_stage2"] >= 25 else f"missed by {25 - pds['background_psnr_stage2']:.1f} dB"),
+    ]
+    for other in ("sds", "dds"):
+        if other in goals:
+            o = goals[other]
+            better = [pds["depth_error_stage2"] < o["depth_error_stage2"], pds["silhouette_iou_stage2"] > o["silhouette_iou_stage2"],
+                      pds["background_psnr_stage2"] > o["background_psnr_stage2"]]  # fmt: skip
+            lines.append(f"- identity, PDS against {other.upper()} (depth change, silhouette IoU, background PSNR): PDS "
+                         f"better in {sum(better)} of 3")  # fmt: skip
+    return lines
+
+
+def side_by_side(path: Path, roots: list[Path], methods: list[str]) -> None:
+    """One row per edit (seed 0's first held-out view): scene image, source reconstruction, then each method
+    after stage 1 and after stage 2; tiles 2x."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for root in roots:
+        renders = np.load(root / "renders.npz")
+        measures = json.loads((root / "measures.json").read_text())
+        names = sorted(measures["train_views"] + measures["eval_views"])
+        view = names.index((measures["eval_views"] or names)[0])
+        columns = {"scene": renders["scene"][view]}
+        columns.update({key: renders[key][view] for key in ("source", "source-splat") if key in renders})
+        for method in methods:
+            for stage, label in (("pds", "stage 1"), ("refinement", "stage 2")):
+                if f"{method}/{stage}" in renders:
+                    columns[f"{method} {label}"] = renders[f"{method}/{stage}"][view]
+        rows.append((edit_caption(measures["chain"]), columns))
+    size = rows[0][1]["scene"].shape[0] * 2
+    labels = list(rows[0][1])
+    label_width = 150
+    grid = Image.new("RGB", (label_width + size * len(labels), 14 + size * len(rows)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, label in enumerate(labels):
+        draw.text((label_width + c * size + 3, 2), label, fill="black")
+    for r, (edit, columns) in enumerate(rows):
+        draw.text((3, 14 + r * size + size // 2 - 5), edit, fill="black")
+        for c, label in enumerate(labels):
+            tile = Image.fromarray(columns[label]).resize((size, size), Image.NEAREST)
+            grid.paste(tile, (label_width + c * size, 14 + r * size))
+    grid.save(path)
