@@ -146,21 +146,42 @@ class BatchOptions:
     """Times a task whose worker died is retried (each retry resumes from the last checkpoint)."""
 
 
+class RayStartError(RuntimeError):
+    """Ray did not start (its message says why and what to try)."""
+
+
+RAY_START_ATTEMPTS = 2
+"""A local Ray gives its raylet 30 s to register (ray 2.60 ray/_private/node.py, not configurable); on a machine
+busy with other work that can pass, and a second start usually succeeds."""
+
+
 def start_ray(options: BatchOptions):
-    """ray, initialised on the cluster or locally; ImportError with the install command when Ray is absent."""
+    """ray, initialised on the cluster or locally; ImportError with the install command when Ray is absent,
+    RayStartError when it does not start."""
     try:
         import ray
     except ImportError:
         raise ImportError("pds-batch runs its edits on Ray, which is not installed: pip install -e '.[cluster]' "
                           "(or pip install 'ray==2.60.0')") from None  # fmt: skip
     if options.address:
-        ray.init(address=options.address, log_to_driver=False)
-    else:
-        # Ray starts its workers at niceness 15, and an edit's ns-train with them: it then yields to anything else
-        # the machine runs (measured: 6% of a core each, beside two busy processes). Here the edits are the work.
-        ray.init(num_cpus=options.local_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 _system_config={"worker_niceness": 0})  # fmt: skip
-    return ray
+        try:
+            ray.init(address=options.address, log_to_driver=False)
+        except Exception as error:  # noqa: BLE001 - Ray raises plain Exceptions and ConnectionErrors
+            raise RayStartError(f"could not connect to the Ray cluster at {options.address}: {error}") from None
+        return ray
+    for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        try:
+            # Ray starts its workers at niceness 15, and an edit's ns-train with them: it then yields to anything
+            # else the machine runs (measured: 6% of a core each, beside two busy processes). Here the edits are the work.
+            ray.init(num_cpus=options.local_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                     _system_config={"worker_niceness": 0})  # fmt: skip
+            return ray
+        except Exception as error:  # noqa: BLE001 - "The current node timed out during startup" is a plain Exception
+            ray.shutdown()
+            if attempt == RAY_START_ATTEMPTS:
+                raise RayStartError(f"a local Ray did not start ({error}); if the machine is busy, run pds-batch "
+                                    "again when it is not, or start Ray yourself and pass --address") from None  # fmt: skip
+    raise AssertionError("unreachable")
 
 
 def submit(ray, jobs: List[Job], options: BatchOptions) -> Dict[Any, Job]:

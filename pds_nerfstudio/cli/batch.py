@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace, todo: List[Any], jobs: List[Any], output: Pat
          results: Dict[str, Dict[str, Any]]) -> Optional[int]:  # fmt: skip
     """Runs the edits to do on Ray (an exit status where it cannot); a stop signal, from Ray's start to its
     shutdown, ends in `_stop`."""
-    from pds_nerfstudio.batch.runner import BatchOptions, start_ray, stop_marker, stop_ray, submit
+    from pds_nerfstudio.batch.runner import BatchOptions, RayStartError, start_ray, stop_marker, stop_ray, submit
     from pds_nerfstudio.batch.stopping import StopGuard, stop_descendants
 
     guard = StopGuard(PROG).install()  # before Ray starts: a Ctrl-C while it starts stops the batch too
@@ -90,6 +90,8 @@ def _run(args: argparse.Namespace, todo: List[Any], jobs: List[Any], output: Pat
             ray = start_ray(options)
         except ImportError as error:
             return _fail(str(error), 2)
+        except RayStartError as error:
+            return _fail(str(error), 1)
         guard.arm()
         guard.check()  # a Ctrl-C while Ray started whose exception Python dropped
         pending = submit(ray, todo, options)
