@@ -50,8 +50,9 @@ def test_fidelity_runs_every_method_and_pds_on_splats_through_both_stages_and_re
                 assert 0 <= measures["silhouette_iou"] <= 1
             assert isinstance(run[stage]["clip_directional"], float)
         assert run["iterations_to_edit"] is None or 1 <= run["iterations_to_edit"] <= 3
+        assert run["iterations"] == {"pds": 3, "refinement": 2}  # as run (stage_ends.json): the caps here
     assert set(report["goals"]) == {"pds", "sds", "dds", "pds-splat"}
-    assert "| pds |" in result.stdout and "Goals:" in result.stdout and "goal >= 90%" in result.stdout
+    assert "| 3 + 2 |" in result.stdout and "| pds |" in result.stdout and "Goals:" in result.stdout and "goal >= 90%" in result.stdout
     assert "green cube -> pink" in (out / "fidelity.md").read_text()
     grid = Image.open(out / "side_by_side.png")
     assert grid.size == (150 + 11 * 64, 14 + 64)  # scene, both sources, then each run after stages 1 and 2

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import pytest
 import torch
 from analytic import DTYPE, sd_alphas_cumprod, spec_coefficients
@@ -13,6 +16,7 @@ from pds_nerfstudio.guidance import (
     sample_timesteps,
     surrogate_loss,
 )
+from pds_nerfstudio.guidance.timesteps import annealed_subset_index, annealed_timesteps
 
 ABAR = sd_alphas_cumprod()
 SUBSET_I = torch.arange(1, 500)  # every subset index with tau_{i-1} >= 0
@@ -299,3 +303,53 @@ def test_guidance_gradient_validates_inputs():
         run("dds", eps_fn, inputs, t=torch.tensor(1000))
     with pytest.raises(ValueError, match="smaller"):
         run("pds", eps_fn, inputs, t=torch.tensor(10), t_prev=torch.tensor(10))
+
+
+def test_dreamcatalyst_weighting_is_their_two_terms_written_out():
+    # DreamCatalyst (dc.py): grad = (delta + gamma s^(1/e)) (e_tgt - e_src) + psi exp(s) (x0_tgt - x0_src), s = i / S.
+    inputs = random_inputs()
+    t = torch.tensor([2, 20, 200, 500, 900, 998])
+    eps_fn = linear_eps_fn()
+    result = run("pds", eps_fn, inputs, t=t, weighting="dreamcatalyst")
+    s = (t // 2).to(DTYPE) / 500
+    w_eps = (0.2 + 0.8 * s ** (1 / math.e)).view(-1, 1, 1, 1)
+    w_x0 = (0.075 * torch.exp(s)).view(-1, 1, 1, 1)
+    x0_diff = inputs["x0_tgt"] - inputs["x0_src"]
+    expected = w_eps * (result.eps_tgt - result.eps_src) + w_x0 * x0_diff
+    torch.testing.assert_close(result.grad, expected.to(result.grad.dtype), rtol=1e-10, atol=1e-12)
+    assert torch.equal(result.t, t)
+
+
+def test_annealed_schedule_is_dreamcatalysts_linear_fall_over_the_stage():
+    # dc_timestep_sampling: idx = (max - min) (K - k) / K + min over their index range (0.2 and 0.9 of 500: 100, 450)
+    num_iterations = 3000
+    indices = [annealed_subset_index(k, num_iterations, 500, (0.2, 0.9)) for k in range(num_iterations)]
+    assert indices == [100 + math.floor(Fraction(350 * (num_iterations - k), num_iterations)) for k in range(num_iterations)]
+    assert indices[0] == 450 and indices[-1] == 100 and all(a >= b for a, b in zip(indices, indices[1:]))
+    assert annealed_subset_index(0, 10, 500, (0.02, 1.0)) == 499  # capped: tau_i < T
+    t, t_prev = annealed_timesteps(5, 10, 1000, 500, (0.02, 0.98), batch_size=3)
+    i = annealed_subset_index(5, 10, 500, (0.02, 0.98))
+    assert t.tolist() == [2 * i] * 3 and t_prev.tolist() == [2 * i - 2] * 3
+    with pytest.raises(ValueError, match="iteration"):
+        annealed_subset_index(10, 10, 500, (0.02, 0.98))
+
+
+def test_annealed_guidance_options_take_the_schedule_s_timestep_and_need_the_progress():
+    from pds_nerfstudio.guidance.options import GuidanceOptions
+
+    class Prior:  # what GuidanceOptions needs of a prior (GuidancePrior)
+        alphas_cumprod = ABAR
+
+        def eps_fn(self, guidance_scale):
+            return linear_eps_fn(cond_dim=1)
+
+        def text_embeddings(self, prompts):
+            return torch.full((1, 1), float(len(prompts[0])), dtype=DTYPE)
+
+    options = GuidanceOptions("a red sphere", "a blue sphere", timestep_schedule="annealed")
+    x0_tgt, x0_src = torch.randn(1, 4, 2, 2, dtype=DTYPE), torch.randn(1, 4, 2, 2, dtype=DTYPE)
+    for k in (0, 7, 19):
+        result = options.guidance_gradient(Prior(), x0_tgt, x0_src, torch.Generator().manual_seed(k), (k, 20))
+        assert result.t.tolist() == [2 * annealed_subset_index(k, 20, 500, (0.02, 0.98))]
+    with pytest.raises(ValueError, match="annealed"):
+        options.guidance_gradient(Prior(), x0_tgt, x0_src, None)

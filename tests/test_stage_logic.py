@@ -5,6 +5,7 @@ non-finite guard, in seconds. The same logic on nerfacto and splatfacto is held 
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,40 @@ def test_a_finished_edit_says_so_and_other_stage_lengths_are_refused_before_anyt
     stored, asked = (" + ".join(str(n) for n in (*options.values(),)) for options in (STAGES, lengths))
     assert f"stage lengths {stored}" in message and f"asks for {asked}" in message
     assert not (first.base_dir.parent / "longer").exists()
+
+
+CONVERGING = dict(stop_when_converged=True, pds_iterations=60, refinement_iterations=300, convergence_window=2,
+                  convergence_patience=2, convergence_threshold=0.3, convergence_min_iterations=4)  # fmt: skip
+
+
+def test_stages_that_converge_end_early_and_a_resumed_run_ends_them_where_the_first_did(
+    tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, **CONVERGING)
+    first.train()
+    said = " ".join(capsys.readouterr().out.split())
+    ends = json.loads((first.base_dir / "stage_ends.json").read_text())
+    schedule, views = first.pipeline.schedule, first.pipeline.datamanager.num_train_images
+    assert ends["pds"]["iterations"] == schedule.pds < 60 and ends["pds"]["cap"] == 60
+    assert ends["refinement"]["iterations"] == schedule.refinement < 300
+    assert schedule.refinement >= views * SDEDIT_EVERY  # every view refined once before it may end
+    for stage, number in (("pds", 1), ("refinement", 2)):
+        assert ends[stage]["reason"].startswith("converged")
+        assert f"Stage {number} ({stage}) ended at step {ends[stage]['last_step']}, after {ends[stage]['iterations']}" in said
+    assert ends["pds"]["last_step"] == schedule.start(Stage.REFINEMENT) - 1
+    steps = sorted(int(p.stem.split("-")[1]) for p in first.checkpoint_dir.glob("step-*.ckpt"))
+    assert steps[-1] == schedule.total - 1 and ends["pds"]["last_step"] in steps  # the edit's end, each stage's end
+    assert len(list((first.base_dir / "renders" / "refinement").glob("*.png"))) == views
+
+    resume_at = 5  # in stage 1 (from step 3), before it converged
+    assert resume_at in steps and resume_at < ends["pds"]["last_step"]
+    resumed = stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, "resumed",
+                           trainer_options=dict(load_dir=first.checkpoint_dir, load_step=resume_at), **CONVERGING)  # fmt: skip
+    resumed.train()
+    assert json.loads((resumed.base_dir / "stage_ends.json").read_text()) == ends
+    assert torch.equal(resumed.pipeline.model.colour.weight, first.pipeline.model.colour.weight)
+
+    with pytest.raises(SystemExit) as finished:  # the shortened edit is finished at its own last step
+        stub_trainer(tiny_scene, tiny_prior_dir, tmp_path, "again", trainer_options=dict(load_dir=resumed.checkpoint_dir),
+                     **CONVERGING)  # fmt: skip
+    assert finished.value.code == 0

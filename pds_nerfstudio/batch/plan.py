@@ -89,7 +89,7 @@ def finished_run(job: Job) -> Optional[Path]:
     """The attempt whose checkpoint is at the last step of its edit (None: not done)."""
     import torch
 
-    from pds_nerfstudio.edit.stages import stored_stage_lengths
+    from pds_nerfstudio.edit.stages import is_finished_edit
 
     for run in reversed(job.attempts()):
         checkpoints = sorted((run / "nerfstudio_models").glob("step-*.ckpt"))
@@ -97,10 +97,10 @@ def finished_run(job: Job) -> Optional[Path]:
             continue
         try:
             state = torch.load(checkpoints[-1], map_location="cpu", mmap=True, weights_only=False)
-            lengths = stored_stage_lengths(state["pipeline"])
+            finished = is_finished_edit(state["pipeline"], int(state["step"]))
         except Exception:  # noqa: BLE001 - a broken or foreign checkpoint is not a finished edit
             continue
-        if lengths is not None and int(state["step"]) + 1 >= sum(lengths):
+        if finished:
             return run
     return None
 

@@ -67,8 +67,9 @@ class EditImageConfig:
     """Prompt describing the input image (needed by pds and dds)."""
     method: Literal["pds", "sds", "dds"] = "pds"
     """Guidance: pds (identity-preserving), or the sds / dds baselines."""
-    weighting: Literal["authors", "paper"] = "authors"
-    """PDS weighting: the authors' code (z_tgt - z_src) or the paper's Eq. 16 (psi, chi)."""
+    weighting: Literal["authors", "paper", "dreamcatalyst"] = "authors"
+    """PDS weighting: the authors' code (z_tgt - z_src), the paper's Eq. 16 (psi, chi), or DreamCatalyst's weights
+    of Eq. 16's two terms."""
     steps: int = 200
     """Optimisation steps on the target latent."""
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -81,6 +82,9 @@ class EditImageConfig:
     """Lower end of the timestep range, as a ratio of the 500 subset steps tau_i = 2 i."""
     max_step_ratio: float = 0.98
     """Upper end of the timestep range, as a ratio of the 500 subset steps."""
+    timestep_schedule: Literal["random", "annealed"] = "random"
+    """Timesteps uniform on the range (the paper's), or annealed from its top to its bottom over the steps
+    (DreamCatalyst's deterministic schedule)."""
     sdedit_steps: int = 0
     """SDEdit refinement at the end: the last K of N=20 DDIM steps under the target prompt (0: none)."""
     sdedit_guidance_scale: float = 15.0
@@ -105,6 +109,7 @@ def guidance_options(config: EditImageConfig) -> GuidanceOptions:
         source_prompt=config.source_prompt, target_prompt=config.target_prompt, method=config.method,
         weighting=config.weighting, guidance_scale=config.guidance_scale, min_step_ratio=config.min_step_ratio,
         max_step_ratio=config.max_step_ratio, num_subset_steps=NUM_SUBSET_STEPS,
+        timestep_schedule=config.timestep_schedule,
     )  # fmt: skip
 
 
@@ -197,8 +202,8 @@ def edit_latent(
                TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"{config.method.upper()} editing", total=config.steps)
-        for _ in range(config.steps):
-            output = options.guidance_gradient(prior, x0_tgt, x0_src, generator)
+        for step in range(config.steps):
+            output = options.guidance_gradient(prior, x0_tgt, x0_src, generator, (step, config.steps))
             optimizer.zero_grad(set_to_none=True)
             surrogate_loss(x0_tgt, output.grad).backward()
             optimizer.step()

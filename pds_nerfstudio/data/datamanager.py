@@ -129,9 +129,13 @@ class PDSDataManager(VanillaDataManager[PDSInputDataset], EditableImages):
 
     def setup_train(self) -> None:
         super().setup_train()
-        self.image_batch: Dict[str, Tensor] = next(self.iter_train_image_dataloader)
+        batch: Dict[str, Tensor] = next(self.iter_train_image_dataloader)
+        # nerfstudio's cache holds the images in the order random.sample drew: sorted by dataset index instead, the
+        # rays a seed draws do not depend on the draws before the cache was filled (a resumed run draws the same).
+        order = torch.argsort(batch["image_idx"])
+        self.image_batch = {key: value[order] if isinstance(value, Tensor) and value.shape[:1] == order.shape else value
+                            for key, value in batch.items()}  # fmt: skip
         self.original_images: Float[Tensor, "num_images height width channels"] = self.image_batch["image"].clone()
-        # The cache holds the images in a random order; remember where each dataset index lives.
         order = self.image_batch["image_idx"].tolist()
         self._position = {image_index: position for position, image_index in enumerate(order)}
 

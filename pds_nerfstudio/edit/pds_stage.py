@@ -100,13 +100,22 @@ class PdsStage:
         x0_tgt = prior.encode(to_prior_input(rgb, size))
         x0_src = self.source_latent(view, size) if guidance.needs_source else None
         generator = draws.generator(self.config.seed, draws.Stream.GUIDANCE, step)
-        result = guidance.guidance_gradient(prior, x0_tgt, x0_src, generator)
+        progress = (step - self.schedule.start(Stage.PDS), self.schedule.pds)  # for the annealed schedule
+        result = guidance.guidance_gradient(prior, x0_tgt, x0_src, generator, progress)
         return self.config.pds_loss_mult * surrogate_loss(x0_tgt, result.grad).to(self.device), result
 
     def is_log_step(self, step: int) -> bool:
         """Whether stage-1 step `step` writes a log panel (and the trainer checks for a stall)."""
         start = self.schedule.start(Stage.PDS)
         return self.schedule.stage_at(step) is Stage.PDS and (step - start) % self.config.log_every == 0
+
+    @torch.no_grad()
+    def probe_renders(self, count: int = 3) -> Float[Tensor, "views height width 3"]:
+        """Renders of `count` training views spread over the capture (the first, the last, between), at the
+        stage-1 render scale: what stage 1's convergence watches."""
+        num_views = self.datamanager.num_train_images
+        views = torch.linspace(0, num_views - 1, min(count, num_views)).round().long().tolist()
+        return torch.stack([self.scene.render_still(self.render_cameras(), view) for view in views])
 
     @torch.no_grad()
     def probe_change(self) -> Optional[float]:

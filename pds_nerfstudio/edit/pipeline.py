@@ -9,9 +9,11 @@ viewer, the prior and the dispatch. What depends on the scene representation (ne
 
 from __future__ import annotations
 
+import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Literal, Optional, Type
+from typing import Any, Dict, List, Literal, Mapping, Optional, Type
 
 import torch
 from jaxtyping import Float
@@ -29,7 +31,8 @@ from pds_nerfstudio.edit.live_settings import LiveSettings
 from pds_nerfstudio.edit.pds_stage import PdsStage
 from pds_nerfstudio.edit.refinement_stage import RefinementStage
 from pds_nerfstudio.edit.render_store import RenderStore
-from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, Stage, StageSchedule
+from pds_nerfstudio.edit.convergence import LossPlateau, RenderConvergence
+from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, STAGE_RUN_LENGTHS_KEY, Stage, StageSchedule
 from pds_nerfstudio.guidance.options import GuidanceOptions, flag, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.prior.lora import check_lora
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
@@ -91,6 +94,22 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     max_nonfinite_steps: int = 20
     """Stop the run after this many consecutive iterations whose loss or gradients were not finite (each one is
     skipped: under mixed precision nerfstudio's GradScaler skips it and backs off, else the step is dropped)."""
+    stop_when_converged: bool = False
+    """End stage 1 when the renders of fixed probe views have stopped changing, and stage 2 when every training
+    view has been refined and the loss has plateaued; the stage lengths become caps. Why and where each stage
+    ended is printed, written to run_dir/stage_ends.json and kept in the checkpoints (a resumed run ends its
+    stages where the uninterrupted one would have)."""
+    convergence_window: int = 10
+    """With stop-when-converged: the stages are checked every this many iterations."""
+    convergence_threshold: float = 0.05
+    """With stop-when-converged: a window is calm when, in stage 1, the probe renders moved by less than this
+    fraction of their change since the stage's first check, or, in stage 2, the mean loss by less than this
+    fraction of itself."""
+    convergence_patience: int = 3
+    """With stop-when-converged: calm windows in a row that end a stage."""
+    convergence_min_iterations: int = 30
+    """With stop-when-converged: stage 1 runs at least this many iterations (stage 2 runs until every training
+    view has been refined once)."""
 
     @property
     def scene_kind(self) -> Type[SceneAdapter]:
@@ -114,12 +133,16 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
                 f"satisfy 0 <= min <= max <= 1, got {self.sdedit_min_step_ratio} and {self.sdedit_max_step_ratio}"
             )
         for options, prefix, names in (
-            (self, OPTION_PREFIX, ("change_view_every", "sdedit_every", "log_every", "stall_intervals", "max_nonfinite_steps")),
+            (self, OPTION_PREFIX, ("change_view_every", "sdedit_every", "log_every", "stall_intervals", "max_nonfinite_steps",
+                                   "convergence_window", "convergence_patience")),
             (self.scene, SCENE_OPTION_PREFIX, self.scene.positive_options()),
         ):  # fmt: skip
             for name in names:
                 if getattr(options, name) < 1:
                     raise ValueError(f"{flag(prefix, name)} must be >= 1, got {getattr(options, name)}")
+        if not self.convergence_threshold > 0 or self.convergence_min_iterations < 0:
+            raise ValueError(f"{flag(OPTION_PREFIX, 'convergence_threshold')} must be > 0 and "
+                             f"{flag(OPTION_PREFIX, 'convergence_min_iterations')} >= 0")  # fmt: skip
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"{flag(OPTION_PREFIX, 'render_scale')} must be in (0, 1], got {self.render_scale}")
         if isinstance(self.datamanager.dataparser, NerfstudioDataParserConfig):  # other formats: their parser checks
@@ -144,9 +167,23 @@ class EditPipeline(VanillaPipeline):
             config.validate()
         super().__init__(config, device, test_mode, world_size, local_rank, grad_scaler)
         self.scene: SceneAdapter = config.scene.setup(model=self.model)
-        self.schedule = config.stage_schedule()
+        self.caps = config.stage_schedule()
+        """The stage lengths the options give; with stop-when-converged a stage may end before its cap."""
+        self.schedule = self.caps
+        """The stage lengths of this run (the caps, less where a stage ended on convergence)."""
         lengths = torch.tensor([self.schedule.reconstruction, self.schedule.pds, self.schedule.refinement])
-        self.register_buffer(STAGE_LENGTHS_KEY, lengths)
+        self.register_buffer(STAGE_LENGTHS_KEY, lengths)  # the options: how a checkpoint is known to be an edit's
+        self.register_buffer(STAGE_RUN_LENGTHS_KEY, lengths.clone())  # what the stages run: shorter when converged
+        self.pds_convergence = RenderConvergence(
+            config.convergence_threshold, config.convergence_patience, config.convergence_min_iterations
+        )
+        self.refinement_plateau = LossPlateau(
+            config.convergence_threshold, config.convergence_patience,
+            self.datamanager.num_train_images * config.sdedit_every,  # every view refined once
+        )  # fmt: skip
+        self._resumed_rng: Optional[Dict[str, Any]] = None
+        self.stage_ends: dict = {}
+        """Each ended stage's last step, iterations, cap and why it ended (also run_dir/stage_ends.json)."""
         self._prior = DiffusionPrior(config.prior)  # not a Module: its weights stay out of checkpoints
         self.live = LiveSettings(config.guidance_options(), config.render_scale)
         self.pds = PdsStage(config, self.live, self.scene, self.datamanager, self.prior, self.schedule, self.device)
@@ -205,6 +242,7 @@ class EditPipeline(VanillaPipeline):
         return self.scene.begin_edit()
 
     def get_train_loss_dict(self, step: int):
+        self._restore_random_states()
         stage = self.schedule.stage_at(step)
         self._show_stage(stage, step)
         if stage is Stage.PDS:
@@ -220,6 +258,73 @@ class EditPipeline(VanillaPipeline):
         """Norm of the gradients that the last back-propagation left on the scene's trainable parameters."""
         grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.requires_grad and p.grad is not None]
         return float(torch.stack(grads).norm()) if grads else 0.0
+
+    # ------------------------------------------------------- stage ends
+
+    def end_stage_if_converged(self, step: int, loss: Tensor) -> Optional[str]:
+        """With `stop_when_converged`, after training step `step` (its total `loss`): ends its stage there when the
+        stage has converged (:mod:`pds_nerfstudio.edit.convergence`), and says so; else None."""
+        if not self.config.stop_when_converged:
+            return None
+        stage = self.schedule.stage_at(step)
+        iterations = step - self.schedule.start(stage) + 1
+        if stage is Stage.REFINEMENT:
+            self.refinement_plateau.add(loss)
+        if stage not in (Stage.PDS, Stage.REFINEMENT) or iterations % self.config.convergence_window != 0:
+            return None
+        if step == self.schedule.start(Stage.DONE) - 1 or step == self.schedule.start(Stage.REFINEMENT) - 1:
+            return None  # its last iteration anyway
+        if stage is Stage.PDS:
+            reason = self.pds_convergence.record(iterations, self.pds.probe_renders())
+        else:
+            reason = self.refinement_plateau.record(iterations)
+        if reason is None:
+            return None
+        cap = self.caps.pds if stage is Stage.PDS else self.caps.refinement
+        self._use_schedule(self.schedule.ended_at(stage, step))
+        return self._record_stage_end(stage, step, cap, reason)
+
+    def _record_stage_end(self, stage: Stage, step: int, cap: int, reason: str) -> str:
+        iterations = step - self.schedule.start(stage) + 1
+        self.stage_ends[stage.value] = {"last_step": step, "iterations": iterations, "cap": cap, "reason": reason}
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "stage_ends.json").write_text(json.dumps(self.stage_ends, indent=2) + "\n")
+        number = list(Stage).index(stage)
+        return f"Stage {number} ({stage.value}) ended at step {step}, after {iterations} of its {cap} iterations: {reason}"
+
+    def _use_schedule(self, schedule: StageSchedule) -> None:
+        self.schedule = self.pds.schedule = self.refinement.schedule = schedule
+        lengths = [schedule.reconstruction, schedule.pds, schedule.refinement]
+        getattr(self, STAGE_RUN_LENGTHS_KEY).copy_(torch.tensor(lengths))
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = None):
+        super().load_state_dict(state_dict, strict)
+        self._use_schedule(StageSchedule(*getattr(self, STAGE_RUN_LENGTHS_KEY).tolist()))  # where its stages end
+
+    def get_extra_state(self) -> Dict[str, Any]:
+        """What a resumed edit needs to end its stages where the uninterrupted one would: the convergence
+        detectors, the stage ends so far, and the random states of the ray sampling (torch's, Python's)."""
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
+        if torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"pds": self.pds_convergence.state(), "refinement": self.refinement_plateau.state(),
+                "stage_ends": self.stage_ends, "rng": rng}  # fmt: skip
+
+    def set_extra_state(self, state: Dict[str, Any]) -> None:
+        self.pds_convergence.load(state["pds"])
+        self.refinement_plateau.load(state["refinement"])
+        self.stage_ends = dict(state["stage_ends"])
+        self._resumed_rng = state["rng"]  # set at the first step trained, after the set-up's own draws
+
+    def _restore_random_states(self) -> None:
+        """A resumed run draws the rays the uninterrupted one would have: the random states its checkpoint held."""
+        rng, self._resumed_rng = self._resumed_rng, None
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
 
     def restore_edits(self, start_step: int, previous_run: Optional[Path]) -> int:
         """Makes the training images what they were when a killed run reached `start_step`; returns how many
@@ -261,6 +366,9 @@ class EditPipeline(VanillaPipeline):
         if not self.schedule.is_last_step_of_stage(step):
             return
         stage = self.schedule.stage_at(step)
+        if stage is not Stage.RECONSTRUCTION and stage.value not in self.stage_ends:
+            cap = self.caps.pds if stage is Stage.PDS else self.caps.refinement
+            self._record_stage_end(stage, step, cap, "reached its cap")
         renders = self.render_training_views(stage)
         if stage is Stage.PDS and self.schedule.refinement > 0:
             self.refinement.begin(renders)

@@ -17,10 +17,29 @@ STAGE_LENGTHS_KEY = "edit_stage_lengths"
 reconstruction's do not: it is how a checkpoint is known to be an edit's."""
 
 
+STAGE_RUN_LENGTHS_KEY = "edit_stage_run_lengths"
+"""The pipeline-state entry of the lengths the stages run: the caps R, P, F, less where a stage ended early
+because it had converged (`--pipeline.stop-when-converged`)."""
+
+
 def stored_stage_lengths(pipeline_state: Mapping[str, Any]) -> list[int] | None:
-    """The stage lengths an edit's checkpoint was written with; None for any other checkpoint."""
+    """The stage lengths an edit's checkpoint was written with (the options, caps when stages end on
+    convergence); None for any other checkpoint."""
     lengths = pipeline_state.get(STAGE_LENGTHS_KEY)
     return None if lengths is None else [int(n) for n in lengths.tolist()]
+
+
+def stored_run_lengths(pipeline_state: Mapping[str, Any]) -> list[int] | None:
+    """The lengths the stages of an edit's checkpoint run (shorter than the options where a stage ended on
+    convergence); None for any other checkpoint."""
+    lengths = pipeline_state.get(STAGE_RUN_LENGTHS_KEY)
+    return stored_stage_lengths(pipeline_state) if lengths is None else [int(n) for n in lengths.tolist()]
+
+
+def is_finished_edit(pipeline_state: Mapping[str, Any], step: int) -> bool:
+    """Whether a checkpoint at `step` with this pipeline state is the last step of its edit."""
+    lengths = stored_run_lengths(pipeline_state)
+    return lengths is not None and step + 1 >= sum(lengths)
 
 
 class Stage(str, Enum):
@@ -58,6 +77,15 @@ class StageSchedule:
             Stage.REFINEMENT: self.reconstruction + self.pds,
             Stage.DONE: self.total,
         }[stage]
+
+    def ended_at(self, stage: Stage, step: int) -> StageSchedule:
+        """This schedule with `stage` ending at global step `step` (its last iteration), the later stages after it."""
+        length = step - self.start(stage) + 1
+        if stage is Stage.PDS:
+            return StageSchedule(self.reconstruction, length, self.refinement)
+        if stage is Stage.REFINEMENT:
+            return StageSchedule(self.reconstruction, self.pds, length)
+        raise ValueError(f"stage {stage.value} does not end early")
 
     def stage_at(self, step: int) -> Stage:
         """The stage that global step `step` runs."""

@@ -27,7 +27,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 
 from pds_nerfstudio.edit.pipeline import EditPipeline
 from pds_nerfstudio.prior.stable_diffusion import PriorLoadError
-from pds_nerfstudio.edit.stages import Stage, stored_stage_lengths
+from pds_nerfstudio.edit.stages import Stage, is_finished_edit, stored_run_lengths, stored_stage_lengths
 from pds_nerfstudio.edit.stall import StallDetector
 from pds_nerfstudio.edit.step_guard import GuardedOptimizers, NonFiniteGuard, NonFiniteTrainingError
 
@@ -113,10 +113,10 @@ class PDSTrainerConfig(TrainerConfig):
         pipeline_state = state.get("pipeline", {})
         stored = stored_stage_lengths(pipeline_state)
         if stored is not None:
-            self._check_resume(path, int(state["step"]), stored)
+            self._check_resume(path, int(state["step"]), stored, pipeline_state)
         self._adopt_starting_scene(path, pipeline_state)
 
-    def _check_resume(self, path: Path, step: int, stored: List[int]) -> None:
+    def _check_resume(self, path: Path, step: int, stored: List[int], pipeline_state: Dict[str, Any]) -> None:
         """A resumed edit keeps its stage lengths (the stage of a step, and the stage-2 images replayed on resume,
         depend on them), and a finished edit has nothing to resume."""
         given = [self.pipeline.reconstruction_iterations, self.pipeline.pds_iterations, self.pipeline.refinement_iterations]
@@ -127,10 +127,10 @@ class PDSTrainerConfig(TrainerConfig):
                 "--pipeline.reconstruction-iterations, --pipeline.pds-iterations and --pipeline.refinement-iterations "
                 "(the stage of every step, and the stage-2 images rebuilt on resume, depend on them)"
             )
-        if step + 1 >= sum(stored):
-            run = path.parent.parent
+        if is_finished_edit(pipeline_state, step):
+            run, total = path.parent.parent, sum(stored_run_lengths(pipeline_state) or stored)
             CONSOLE.print(
-                f"The edit of {run} is finished: its checkpoint is at step {step}, the last of its {sum(stored)} steps. "
+                f"The edit of {run} is finished: its checkpoint is at step {step}, the last of its {total} steps. "
                 f"Nothing to resume; render it with ns-render interpolate --load-config {run / 'config.yml'}"
             )
             raise SystemExit(0)
@@ -257,9 +257,22 @@ class PDSTrainer(Trainer):
             ) from None
         except NonFiniteTrainingError as error:
             raise SystemExit(f"error: {error}") from None
+        ended = self.pipeline.end_stage_if_converged(step, result[0])
+        if ended is not None:
+            CONSOLE.print(f"[bold]{ended}")
+            if "max_iter" in writer.GLOBAL_BUFFER:  # the progress column counts to the edit's new end
+                writer.GLOBAL_BUFFER["max_iter"] = self.pipeline.schedule.total
         if self.pipeline.schedule.is_last_step_of_stage(step) and step + 1 < self.pipeline.schedule.total:
             self.save_checkpoint(step)  # each stage's result stays loadable (`--load-step`); the last is saved anyway
+        if step + 1 >= self.pipeline.schedule.total:
+            self.stop_training = True  # the edit ended before the iterations nerfstudio's loop was given
         return result
+
+    def _after_train(self) -> None:
+        # nerfstudio 1.1.5's loop sets self.step to the next step before it sees stop_training: the final
+        # checkpoint is the last step trained
+        self.step = min(self.step, self.pipeline.schedule.total - 1)
+        super()._after_train()
 
     @check_main_thread
     def save_checkpoint(self, step: int) -> None:

@@ -1,7 +1,9 @@
-"""Posterior coefficients of q(x_t' | x_t, x_0) and the PDS weights psi, chi (SPEC step 6-7)."""
+"""Posterior coefficients of q(x_t' | x_t, x_0), the PDS weights psi, chi (SPEC step 6-7), and DreamCatalyst's
+weights of the same two terms."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -80,3 +82,16 @@ def pds_coefficients(
     psi = 2 * coef.c**2 / coef.sigma**2
     chi = 2 * coef.c * coef.gamma * (1 / abar - 1).sqrt() / coef.sigma**2
     return psi, chi
+
+
+DREAMCATALYST_DELTA, DREAMCATALYST_GAMMA, DREAMCATALYST_PSI = 0.2, 0.8, 0.075
+"""DreamCatalyst's constants (Kim et al. 2025, their DCConfig: delta, gamma, psi)."""
+
+
+def dreamcatalyst_coefficients(
+    t: Int[Tensor, "*batch"], num_train_timesteps: int, num_subset_steps: int
+) -> tuple[Float[Tensor, "*batch"], Float[Tensor, "*batch"]]:
+    """DreamCatalyst's weights (w_eps, w_x0) of e_tgt - e_src and x0_tgt - x0_src at t = tau_i, float64:
+    w_eps = delta + gamma * s^(1/e) and w_x0 = psi * exp(s), with s = i / S the normalised subset index."""
+    s = (t // (num_train_timesteps // num_subset_steps)).to(torch.float64) / num_subset_steps
+    return DREAMCATALYST_DELTA + DREAMCATALYST_GAMMA * s ** (1 / math.e), DREAMCATALYST_PSI * torch.exp(s)

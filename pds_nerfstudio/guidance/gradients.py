@@ -9,14 +9,14 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .coefficients import pds_coefficients, posterior_coefficients
+from .coefficients import dreamcatalyst_coefficients, pds_coefficients, posterior_coefficients
 from .timesteps import sample_timesteps
 
 # eps(x_t (B, C, H, W), t (B,), cond (B, ...)) -> predicted noise (B, C, H, W), guidance applied.
 EpsFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 METHODS = ("pds", "sds", "dds")
-WEIGHTINGS = ("authors", "paper")
+WEIGHTINGS = ("authors", "paper", "dreamcatalyst")
 
 
 @dataclass
@@ -119,7 +119,7 @@ def guidance_gradient(
     x0_src: Float[Tensor, "batch *latent"] | None = None,
     cond_src: Float[Tensor, "batch *cond"] | None = None,
     *,
-    weighting: Literal["authors", "paper"] = "authors",
+    weighting: Literal["authors", "paper", "dreamcatalyst"] = "authors",
     t: Int[Tensor, "batch"] | None = None,
     t_prev: Int[Tensor, "batch"] | None = None,
     noise: Float[Tensor, "batch *latent"] | None = None,
@@ -132,7 +132,7 @@ def guidance_gradient(
 
     pds: authors' weighting z_tgt - z_src with z = (x_t' - mu(x_t, y)) / sigma; paper's
     weighting psi (x0_tgt - x0_src) + chi (e_tgt - e_src) (Eq. 16), equal to (2c/sigma)
-    times the authors'. sds: (1 - abar_t)(e_tgt(x_t) - noise). dds: e_tgt - e_src.
+    times the authors'; DreamCatalyst's weighting of the same two terms (``dreamcatalyst_coefficients``). sds: (1 - abar_t)(e_tgt(x_t) - noise). dds: e_tgt - e_src.
     Source and target share noises and t, and go through eps_fn in one call of batch 2B
     ([tgt; src]). Unset t is drawn with sample_timesteps; unset t_prev with t given is
     t - T // num_subset_steps. Unset noises are drawn with `generator`. Coefficients are
@@ -182,6 +182,10 @@ def guidance_gradient(
     eps_diff = eps64[:batch_size] - eps64[batch_size:]
     if method == "dds":
         grad = eps_diff
+    elif weighting == "dreamcatalyst":
+        w_eps, w_x0 = dreamcatalyst_coefficients(t, num_train_timesteps, num_subset_steps)
+        x0_diff = x0_both[:batch_size] - x0_both[batch_size:]
+        grad = _per_item(w_eps, eps_diff) * eps_diff + _per_item(w_x0, x0_diff) * x0_diff
     elif weighting == "paper":
         # Paper Eq. 16: psi (x0_tgt - x0_src) + chi (e_tgt - e_src).
         psi, chi = pds_coefficients(abar_all, t, t_prev)

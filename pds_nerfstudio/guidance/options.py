@@ -17,7 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from pds_nerfstudio.guidance.gradients import EpsFn, GuidanceOutput, guidance_gradient
-from pds_nerfstudio.guidance.timesteps import subset_index_range
+from pds_nerfstudio.guidance.timesteps import annealed_timesteps, subset_index_range
 
 
 class GuidancePrior(Protocol):
@@ -72,8 +72,9 @@ class GuidanceOptions:
     """Text that describes the edited scene."""
     method: Literal["pds", "sds", "dds"] = "pds"
     """Guidance of stage 1: PDS, or the SDS and DDS baselines."""
-    weighting: Literal["authors", "paper"] = "authors"
-    """PDS weighting: the authors' code (z_tgt - z_src) or the paper's Eq. 16; same direction."""
+    weighting: Literal["authors", "paper", "dreamcatalyst"] = "authors"
+    """PDS weighting: the authors' code (z_tgt - z_src) or the paper's Eq. 16 (same direction), or DreamCatalyst's
+    weights of Eq. 16's two terms (with `timestep-schedule annealed`, their recipe)."""
     guidance_scale: float = 100.0
     """Classifier-free guidance of stage 1 (the authors use 30 to 100 depending on the edit)."""
     min_step_ratio: float = 0.02
@@ -82,6 +83,10 @@ class GuidanceOptions:
     """Highest timestep of stage 1, as a fraction of the subset of diffusion steps."""
     num_subset_steps: int = 500
     """Size S of the timestep subset tau_i = i * T / S; t' = tau_{i-1} (SPEC step 3)."""
+    timestep_schedule: Literal["random", "annealed"] = "random"
+    """How each iteration's timestep is chosen: `random`, uniform on the ratio range (the paper's); `annealed`,
+    DreamCatalyst's deterministic schedule, falling linearly from the top of the range to its bottom over the
+    stage (high noise first, for the edit's shape; low noise last, for its details)."""
 
     @property
     def needs_source(self) -> bool:
@@ -107,9 +112,17 @@ class GuidanceOptions:
         x0_tgt: Float[Tensor, "batch *latent"],
         x0_src: Float[Tensor, "batch *latent"] | None,
         generator: torch.Generator | None,
+        progress: tuple[int, int] | None = None,
     ) -> GuidanceOutput:
-        """The guidance gradient at `x0_tgt` (from the source latent `x0_src`, None for SDS), its timesteps and
-        noises drawn from `generator` (SPEC steps 2-7)."""
+        """The guidance gradient at `x0_tgt` (from the source latent `x0_src`, None for SDS), its noises (and
+        random timesteps) drawn from `generator` (SPEC steps 2-7); `progress` = (k, K), iteration k of the K of
+        the stage, sets the annealed schedule's timestep."""
+        t = t_prev = None
+        if self.timestep_schedule == "annealed":
+            if progress is None:
+                raise ValueError("the annealed timestep schedule needs the iteration and the stage's length")
+            t, t_prev = annealed_timesteps(*progress, prior.alphas_cumprod.shape[0], self.num_subset_steps,
+                                           (self.min_step_ratio, self.max_step_ratio), x0_tgt.shape[0], x0_tgt.device)  # fmt: skip
         return guidance_gradient(
             self.method,
             x0_tgt.detach(),
@@ -119,6 +132,8 @@ class GuidanceOptions:
             x0_src if self.needs_source else None,
             prior.text_embeddings([self.source_prompt]) if self.needs_source else None,
             weighting=self.weighting,
+            t=t,
+            t_prev=t_prev,
             generator=generator,
             num_subset_steps=self.num_subset_steps,
             ratio_range=(self.min_step_ratio, self.max_step_ratio),

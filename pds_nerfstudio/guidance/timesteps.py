@@ -1,4 +1,5 @@
-"""Timestep sampling on the non-consecutive subset tau_i = i * (T // S) (SPEC step 3)."""
+"""Timesteps on the non-consecutive subset tau_i = i * (T // S) (SPEC step 3): drawn uniformly (the paper's),
+or annealed from high to low noise over a stage (DreamCatalyst's deterministic schedule)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,31 @@ def sample_timesteps(
     i = torch.randint(low, high, (batch_size,), generator=generator, device=sample_device)
     i = i.to(device) if device is not None else i
     return i * stride, (i - 1) * stride
+
+
+def annealed_subset_index(iteration: int, num_iterations: int, num_subset_steps: int, ratio_range: tuple[float, float]) -> int:
+    """Subset index i of `iteration` k of K = `num_iterations` under DreamCatalyst's deterministic schedule:
+    i = floor(low + (high - low) (K - k) / K), falling linearly from high (k = 0) to just above low (k = K - 1),
+    with [low, high) the range that `sample_timesteps` draws from (Kim et al. 2025, `dc_timestep_sampling`: the
+    same rule over their index range). High noise first shapes the edit, low noise last keeps the details.
+    Capped at S - 1 so that tau_i < T when the range reaches max = 1."""
+    if num_iterations < 1 or not 0 <= iteration < num_iterations:
+        raise ValueError(f"iteration must be in [0, {num_iterations}), got {iteration}")
+    low, high = subset_index_range(num_subset_steps, ratio_range)
+    return min(low + (high - low) * (num_iterations - iteration) // num_iterations, num_subset_steps - 1)
+
+
+def annealed_timesteps(
+    iteration: int,
+    num_iterations: int,
+    num_train_timesteps: int = 1000,
+    num_subset_steps: int = 500,
+    ratio_range: tuple[float, float] = (0.02, 0.98),
+    batch_size: int = 1,
+    device: torch.device | str | None = None,
+) -> tuple[Int[Tensor, "batch"], Int[Tensor, "batch"]]:
+    """(t, t_prev) = (tau_i, tau_{i-1}) of :func:`annealed_subset_index`, the same for every batch item."""
+    i = annealed_subset_index(iteration, num_iterations, num_subset_steps, ratio_range)
+    stride = num_train_timesteps // num_subset_steps
+    t = torch.full((batch_size,), i * stride, dtype=torch.long, device=device)
+    return t, t - stride

@@ -27,6 +27,15 @@ def spread(values: list[float], percent: bool = False) -> str:
     return text if len(finite) == 1 else f"{text} ({show(min(finite))}-{show(max(finite))})"
 
 
+def iterations_run(runs: list[dict]) -> str:
+    """Mean iterations of stages 1 and 2 over `runs` (their measures), as run: shorter than the caps where a stage
+    ended on convergence."""
+    counts = [run["iterations"] for run in runs if "iterations" in run]  # measures written before stage ends: none
+    if not counts:
+        return "n/a"
+    return f"{np.mean([c['pds'] for c in counts]):.0f} + {np.mean([c['refinement'] for c in counts]):.0f}"
+
+
 def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str, dict]:
     """The tables (markdown) and the goals' numbers."""
     def runs(method):
@@ -35,7 +44,8 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
     lines = ["### Over the whole matrix (mean over edits and seeds; range over edits x seeds)", "",
              "| method | reads as target after stage 1 (train / held-out) | after stage 2 (train / held-out) "
              "| iterations-to-edit (median; not reached) | object depth change, % of extent | object pixels moved > 5% "
-             "| silhouette IoU | background PSNR after stage 1 / 2 (dB) |", "|" + "---|" * 8]  # fmt: skip
+             "| silhouette IoU | background PSNR after stage 1 / 2 (dB) | iterations run, stage 1 + stage 2 |",
+             "|" + "---|" * 9]  # fmt: skip
     goals: dict = {}
     for method in methods:
         r = runs(method)
@@ -53,7 +63,8 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
             f"{spread([100 * x['train']['depth_error'] for x in s2])} | "
             f"{spread([x['train']['depth_outliers'] for x in s2], True)} | "
             f"{np.mean([x['train']['silhouette_iou'] for x in s2]):.3f} | "
-            f"{spread([x['train']['background_psnr'] for x in s1])} / {spread([x['train']['background_psnr'] for x in s2])} |"
+            f"{spread([x['train']['background_psnr'] for x in s1])} / {spread([x['train']['background_psnr'] for x in s2])} | "
+            f"{iterations_run(r)} |"
         )
         goals[method] = {
             "success_stage2": float(np.mean([(x["train"]["attribute_success"] + x["eval"]["attribute_success"]) / 2 for x in s2])),

@@ -166,8 +166,9 @@ def measure_chain(root: Path) -> dict:
     train, held_out = result["train_views"], result["eval_views"]
     for label in settings["runs"]:
         kind = run_kind(label)[0]
-        run_dir, ends = chain.run(label), settings["stage_ends"][kind]
+        run_dir, caps = chain.run(label), settings["stage_ends"][kind]
         config = yaml_config(run_dir / "config.yml")
+        ends, iterations = run_stage_ends(run_dir, caps, config["pds_iterations"])
         renderer = RunRenderer(run_dir / "config.yml")
         measured = {}
         for stage in STAGES:
@@ -182,12 +183,24 @@ def measure_chain(root: Path) -> dict:
                     *prompts_of(chain, settings.get("prompt_template", "a {}"))
                 )
         measured["iterations_to_edit"] = iterations_to_edit(
-            run_dir, truth, target, config["change_view_every"], ends["pds"] - config["pds_iterations"] + 1
+            run_dir, truth, target, config["change_view_every"], caps["pds"] - config["pds_iterations"] + 1
         )
+        measured["iterations"] = iterations
         result["runs"][label] = measured
     (root / "measures.json").write_text(json.dumps(result, indent=2) + "\n")
     np.savez_compressed(root / "renders.npz", **{k: np.round(v * 255).astype(np.uint8) for k, v in renders.items()})
     return result
+
+
+def run_stage_ends(run_dir: Path, caps: dict[str, int], pds_cap: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(last step, iterations) of stages 1 and 2 of a run: where they ended (run_dir/stage_ends.json, written by
+    every edit), else at their caps `caps` (the last steps of stage 1 and 2 at the options' lengths)."""
+    path = run_dir / "stage_ends.json"
+    if path.is_file():
+        ended = json.loads(path.read_text())
+        return ({stage: ended[stage]["last_step"] for stage in STAGES},
+                {stage: ended[stage]["iterations"] for stage in STAGES})  # fmt: skip
+    return dict(caps), {"pds": pds_cap, "refinement": caps["refinement"] - caps["pds"]}
 
 
 def prompts_of(chain: Chain, template: str) -> tuple[str, str]:

@@ -1,0 +1,91 @@
+"""When an edit stage has converged (`--pipeline.stop-when-converged`): stage 1 when the renders of fixed probe
+views have stopped changing, stage 2 when every training view has been refined and the training loss has
+plateaued. Both criteria are ratios, so they do not depend on the prior's scale or the scene's brightness.
+
+Each detector is checked at the end of every window of iterations, and ends its stage after `patience` calm
+windows in a row once `min_iterations` have run. Their state travels in the edit's checkpoints, so that a resumed
+run ends its stages where the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from jaxtyping import Float
+from torch import Tensor
+
+
+class RenderConvergence:
+    """Stage 1: a window is calm when the probe renders moved less than `threshold` times their whole change since
+    the first check: mean |r_k - r_(k-1)| < threshold * mean |r_k - r_1|."""
+
+    def __init__(self, threshold: float, patience: int, min_iterations: int) -> None:
+        self.threshold, self.patience, self.min_iterations = threshold, patience, min_iterations
+        self.first: Optional[Tensor] = None
+        self.last: Optional[Tensor] = None
+        self.calm = 0
+        self.ratio: Optional[float] = None
+
+    def record(self, iterations: int, renders: Float[Tensor, "views height width 3"]) -> Optional[str]:
+        """The probe renders after `iterations` of the stage; why it has converged, or None."""
+        renders = renders.detach().float().cpu()
+        if self.first is None or self.last is None:
+            self.first = self.last = renders
+            return None
+        step_change = float((renders - self.last).abs().mean())
+        total_change = float((renders - self.first).abs().mean())
+        self.last = renders
+        self.ratio = step_change / total_change if total_change > 0 else 0.0
+        self.calm = self.calm + 1 if self.ratio < self.threshold else 0
+        if self.calm >= self.patience and iterations >= self.min_iterations:
+            return (f"converged: the probe views' renders changed by {self.ratio:.3f} of their change since the "
+                    f"stage's first check, below {self.threshold:g}, in {self.calm} windows in a row")  # fmt: skip
+        return None
+
+    def state(self) -> Dict[str, Any]:
+        return {"first": self.first, "last": self.last, "calm": self.calm}
+
+    def load(self, state: Dict[str, Any]) -> None:
+        self.first, self.last, self.calm = state["first"], state["last"], int(state["calm"])
+
+
+class LossPlateau:
+    """Stage 2: a window is calm when its mean training loss moved by less than `threshold` of the previous
+    window's: |m_k - m_(k-1)| < threshold * m_(k-1)."""
+
+    def __init__(self, threshold: float, patience: int, min_iterations: int) -> None:
+        self.threshold, self.patience, self.min_iterations = threshold, patience, min_iterations
+        self.total: Optional[Tensor] = None
+        self.count = 0
+        self.previous: Optional[float] = None
+        self.calm = 0
+
+    def add(self, loss: Float[Tensor, ""]) -> None:
+        """One iteration's loss (kept on its device: no step waits for the GPU)."""
+        loss = loss.detach().float()
+        self.total = loss if self.total is None else self.total + loss
+        self.count += 1
+
+    def record(self, iterations: int) -> Optional[str]:
+        """At the end of a window, after `iterations` of the stage: why it has converged, or None."""
+        if self.total is None or self.count == 0:
+            return None
+        mean = float(self.total) / self.count
+        self.total, self.count = None, 0
+        previous, self.previous = self.previous, mean
+        if previous is None:
+            return None
+        change = abs(mean - previous) / previous if previous > 0 else 0.0
+        self.calm = self.calm + 1 if change < self.threshold else 0
+        if self.calm >= self.patience and iterations >= self.min_iterations:
+            return (f"converged: every training view was refined and the mean loss changed by {change:.3f} of "
+                    f"itself, below {self.threshold:g}, in {self.calm} windows in a row")  # fmt: skip
+        return None
+
+    def state(self) -> Dict[str, Any]:
+        total = None if self.total is None else self.total.cpu()
+        return {"total": total, "count": self.count, "previous": self.previous, "calm": self.calm}
+
+    def load(self, state: Dict[str, Any]) -> None:
+        self.total, self.count = state["total"], int(state["count"])
+        self.previous, self.calm = state["previous"], int(state["calm"])
