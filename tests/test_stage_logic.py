@@ -156,6 +156,9 @@ def test_stages_that_converge_end_early_and_a_resumed_run_ends_them_where_the_fi
     steps = sorted(int(p.stem.split("-")[1]) for p in first.checkpoint_dir.glob("step-*.ckpt"))
     assert steps[-1] == schedule.total - 1 and ends["pds"]["last_step"] in steps  # the edit's end, each stage's end
     assert len(list((first.base_dir / "renders" / "refinement").glob("*.png"))) == views
+    checks = (first.base_dir / "convergence.csv").read_text().splitlines()  # every check's ratio, for tuning
+    assert checks[0] == "stage,step,iterations,ratio" and {line.split(",")[0] for line in checks[1:]} == {"pds", "refinement"}
+    assert all(int(line.split(",")[2]) % CONVERGING["convergence_window"] == 0 for line in checks[1:])
 
     resume_at = 5  # in stage 1 (from step 3), before it converged
     assert resume_at in steps and resume_at < ends["pds"]["last_step"]

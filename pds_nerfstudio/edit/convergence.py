@@ -25,6 +25,7 @@ class RenderConvergence:
         self.last: Optional[Tensor] = None
         self.calm = 0
         self.ratio: Optional[float] = None
+        """The last check's change ratio (None before the second check)."""
 
     def record(self, iterations: int, renders: Float[Tensor, "views height width 3"]) -> Optional[str]:
         """The probe renders after `iterations` of the stage; why it has converged, or None."""
@@ -49,7 +50,7 @@ class RenderConvergence:
         self.first, self.last, self.calm = state["first"], state["last"], int(state["calm"])
 
 
-class LossPlateau:
+class LossPlateau:  # the stage-2 detector
     """Stage 2: a window is calm when its mean training loss moved by less than `threshold` of the previous
     window's: |m_k - m_(k-1)| < threshold * m_(k-1)."""
 
@@ -59,6 +60,8 @@ class LossPlateau:
         self.count = 0
         self.previous: Optional[float] = None
         self.calm = 0
+        self.ratio: Optional[float] = None
+        """The last check's change ratio (None before the second check)."""
 
     def add(self, loss: Float[Tensor, ""]) -> None:
         """One iteration's loss (kept on its device: no step waits for the GPU)."""
@@ -75,7 +78,7 @@ class LossPlateau:
         previous, self.previous = self.previous, mean
         if previous is None:
             return None
-        change = abs(mean - previous) / previous if previous > 0 else 0.0
+        change = self.ratio = abs(mean - previous) / previous if previous > 0 else 0.0
         self.calm = self.calm + 1 if change < self.threshold else 0
         if self.calm >= self.patience and iterations >= self.min_iterations:
             return (f"converged: every training view was refined and the mean loss changed by {change:.3f} of "

@@ -23,6 +23,7 @@ from torch.cuda.amp.grad_scaler import GradScaler
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
+from nerfstudio.utils import writer
 from nerfstudio.utils.rich_utils import CONSOLE, get_progress
 from nerfstudio.viewer.viewer_elements import ViewerNumber, ViewerText
 
@@ -274,15 +275,29 @@ class EditPipeline(VanillaPipeline):
             return None
         if step == self.schedule.start(Stage.DONE) - 1 or step == self.schedule.start(Stage.REFINEMENT) - 1:
             return None  # its last iteration anyway
+        detector = self.pds_convergence if stage is Stage.PDS else self.refinement_plateau
         if stage is Stage.PDS:
             reason = self.pds_convergence.record(iterations, self.pds.probe_renders())
         else:
             reason = self.refinement_plateau.record(iterations)
+        self._log_convergence(stage, step, iterations, detector.ratio)
         if reason is None:
             return None
         cap = self.caps.pds if stage is Stage.PDS else self.caps.refinement
         self._use_schedule(self.schedule.ended_at(stage, step))
         return self._record_stage_end(stage, step, cap, reason)
+
+    def _log_convergence(self, stage: Stage, step: int, iterations: int, ratio: Optional[float]) -> None:
+        """Each check's change ratio, to tensorboard and run_dir/convergence.csv (what the threshold is held to)."""
+        if ratio is None:
+            return
+        writer.put_scalar(name=f"Convergence/{stage.value} change ratio", scalar=ratio, step=step)
+        if self.run_dir is not None:
+            path = self.run_dir / "convergence.csv"
+            new = not path.exists()
+            with open(path, "a") as log:
+                log.write("stage,step,iterations,ratio\n" if new else "")
+                log.write(f"{stage.value},{step},{iterations},{ratio:.6f}\n")
 
     def _record_stage_end(self, stage: Stage, step: int, cap: int, reason: str) -> str:
         iterations = step - self.schedule.start(stage) + 1
