@@ -178,10 +178,8 @@ class EditPipeline(VanillaPipeline):
         self.pds_convergence = RenderConvergence(
             config.convergence_threshold, config.convergence_patience, config.convergence_min_iterations
         )
-        self.refinement_plateau = LossPlateau(
-            config.convergence_threshold, config.convergence_patience,
-            self.datamanager.num_train_images * config.sdedit_every,  # every view refined once
-        )  # fmt: skip
+        # its minimum, every view refined once, is set where the training views are known (not when rendering)
+        self.refinement_plateau = LossPlateau(config.convergence_threshold, config.convergence_patience, 0)
         self._resumed_rng: Optional[Dict[str, Any]] = None
         self.stage_ends: dict = {}
         """Each ended stage's last step, iterations, cap and why it ended (also run_dir/stage_ends.json)."""
@@ -279,6 +277,7 @@ class EditPipeline(VanillaPipeline):
         if stage is Stage.PDS:
             reason = self.pds_convergence.record(iterations, self.pds.probe_renders())
         else:
+            self.refinement_plateau.min_iterations = self.datamanager.num_train_images * self.config.sdedit_every
             reason = self.refinement_plateau.record(iterations)
         self._log_convergence(stage, step, iterations, detector.ratio)
         if reason is None:
