@@ -54,8 +54,8 @@ class LossPlateau:  # the stage-2 detector
     """Stage 2: a window is calm when its mean training loss moved by less than `threshold` of the previous
     window's: |m_k - m_(k-1)| < threshold * m_(k-1)."""
 
-    def __init__(self, threshold: float, patience: int, min_iterations: int) -> None:
-        self.threshold, self.patience, self.min_iterations = threshold, patience, min_iterations
+    def __init__(self, threshold: float, patience: int) -> None:
+        self.threshold, self.patience = threshold, patience
         self.total: Optional[Tensor] = None
         self.count = 0
         self.previous: Optional[float] = None
@@ -69,8 +69,9 @@ class LossPlateau:  # the stage-2 detector
         self.total = loss if self.total is None else self.total + loss
         self.count += 1
 
-    def record(self, iterations: int) -> Optional[str]:
-        """At the end of a window, after `iterations` of the stage: why it has converged, or None."""
+    def record(self, iterations: int, min_iterations: int) -> Optional[str]:
+        """At the end of a window, after `iterations` of the stage (it may end after `min_iterations`, once every
+        view was refined): why it has converged, or None."""
         if self.total is None or self.count == 0:
             return None
         mean = float(self.total) / self.count
@@ -80,7 +81,7 @@ class LossPlateau:  # the stage-2 detector
             return None
         change = self.ratio = abs(mean - previous) / previous if previous > 0 else 0.0
         self.calm = self.calm + 1 if change < self.threshold else 0
-        if self.calm >= self.patience and iterations >= self.min_iterations:
+        if self.calm >= self.patience and iterations >= min_iterations:
             return (f"converged: every training view was refined and the mean loss changed by {change:.3f} of "
                     f"itself, below {self.threshold:g}, in {self.calm} windows in a row")  # fmt: skip
         return None

@@ -18,7 +18,7 @@ from pds_nerfstudio.edit import draws, log_panel
 from pds_nerfstudio.edit.live_settings import LiveSettings
 from pds_nerfstudio.edit.stages import Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, surrogate_loss
-from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
+from pds_nerfstudio.guidance.resizing import from_prior_output, to_prior_input
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior
 from pds_nerfstudio.scenes.base import SceneAdapter
 
@@ -77,10 +77,6 @@ class PdsStage:
             self._render_cameras = (scale, cameras.to(self.device))
         return self._render_cameras[1]
 
-    def prior_size(self, height: int, width: int) -> Tuple[int, int]:
-        prior = self.prior()
-        return prior_size(height, width, prior.native_resolution, prior.vae_scale_factor)
-
     def source_latent(self, view: int, size: Tuple[int, int]) -> Float[Tensor, "1 4 h w"]:
         """Latent of the original training image `view` at the prior's `size`; cached, no gradient."""
         key = (view, size)
@@ -96,7 +92,7 @@ class PdsStage:
         """The diffusion half of a stage-1 step: encode `rgb` (with gradient), the guidance gradient of the
         live guidance at `view` and `step` (SPEC steps 2-7), and the surrogate loss that carries it (step 8)."""
         guidance, prior = self.live.guidance, self.prior()
-        size = self.prior_size(*rgb.shape[:2])
+        size = prior.input_size(*rgb.shape[:2])
         x0_tgt = prior.encode(to_prior_input(rgb, size))
         x0_src = self.source_latent(view, size) if guidance.needs_source else None
         generator = draws.generator(self.config.seed, draws.Stream.GUIDANCE, step)

@@ -178,8 +178,7 @@ class EditPipeline(VanillaPipeline):
         self.pds_convergence = RenderConvergence(
             config.convergence_threshold, config.convergence_patience, config.convergence_min_iterations
         )
-        # its minimum, every view refined once, is set where the training views are known (not when rendering)
-        self.refinement_plateau = LossPlateau(config.convergence_threshold, config.convergence_patience, 0)
+        self.refinement_plateau = LossPlateau(config.convergence_threshold, config.convergence_patience)
         self._resumed_rng: Optional[Dict[str, Any]] = None
         self.stage_ends: dict = {}
         """Each ended stage's last step, iterations, cap and why it ended (also run_dir/stage_ends.json)."""
@@ -271,20 +270,18 @@ class EditPipeline(VanillaPipeline):
             self.refinement_plateau.add(loss)
         if stage not in (Stage.PDS, Stage.REFINEMENT) or iterations % self.config.convergence_window != 0:
             return None
-        if step == self.schedule.start(Stage.DONE) - 1 or step == self.schedule.start(Stage.REFINEMENT) - 1:
-            return None  # its last iteration anyway
-        detector = self.pds_convergence if stage is Stage.PDS else self.refinement_plateau
+        if self.schedule.is_last_step_of_stage(step):
+            return None  # it ends here anyway
         if stage is Stage.PDS:
-            reason = self.pds_convergence.record(iterations, self.pds.probe_renders())
-        else:
-            self.refinement_plateau.min_iterations = self.datamanager.num_train_images * self.config.sdedit_every
-            reason = self.refinement_plateau.record(iterations)
+            detector, reason = self.pds_convergence, self.pds_convergence.record(iterations, self.pds.probe_renders())
+        else:  # every view refined once first
+            every_view = self.datamanager.num_train_images * self.config.sdedit_every
+            detector, reason = self.refinement_plateau, self.refinement_plateau.record(iterations, every_view)
         self._log_convergence(stage, step, iterations, detector.ratio)
         if reason is None:
             return None
-        cap = self.caps.pds if stage is Stage.PDS else self.caps.refinement
         self._use_schedule(self.schedule.ended_at(stage, step))
-        return self._record_stage_end(stage, step, cap, reason)
+        return self._record_stage_end(stage, step, self.caps.length(stage), reason)
 
     def _log_convergence(self, stage: Stage, step: int, iterations: int, ratio: Optional[float]) -> None:
         """Each check's change ratio, to tensorboard and run_dir/convergence.csv (what the threshold is held to)."""
@@ -381,8 +378,7 @@ class EditPipeline(VanillaPipeline):
             return
         stage = self.schedule.stage_at(step)
         if stage is not Stage.RECONSTRUCTION and stage.value not in self.stage_ends:
-            cap = self.caps.pds if stage is Stage.PDS else self.caps.refinement
-            self._record_stage_end(stage, step, cap, "reached its cap")
+            self._record_stage_end(stage, step, self.caps.length(stage), "reached its cap")
         renders = self.render_training_views(stage)
         if stage is Stage.PDS and self.schedule.refinement > 0:
             self.refinement.begin(renders)

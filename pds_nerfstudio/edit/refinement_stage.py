@@ -20,7 +20,7 @@ from pds_nerfstudio.edit import draws
 from pds_nerfstudio.edit.live_settings import LiveSettings
 from pds_nerfstudio.edit.stages import Stage, StageSchedule
 from pds_nerfstudio.guidance import sample_sdedit_steps, sdedit
-from pds_nerfstudio.guidance.resizing import from_prior_output, prior_size, to_prior_input
+from pds_nerfstudio.guidance.resizing import from_prior_output, to_prior_input
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior
 
 class RefinementOptions(Protocol):
@@ -87,9 +87,8 @@ class RefinementStage:
             config.sdedit_num_inference_steps, (config.sdedit_min_step_ratio, config.sdedit_max_step_ratio), generator
         )
         with torch.no_grad():
-            size = prior_size(height, width, prior.native_resolution, prior.vae_scale_factor)
             edited = sdedit(
-                prior.encode(to_prior_input(source, size)),
+                prior.encode(to_prior_input(source, prior.input_size(height, width))),
                 prior.eps_fn(config.sdedit_guidance_scale),
                 prior.alphas_cumprod,
                 prior.text_embeddings([self.live.guidance.target_prompt]),

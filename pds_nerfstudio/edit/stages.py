@@ -78,6 +78,10 @@ class StageSchedule:
             Stage.DONE: self.total,
         }[stage]
 
+    def length(self, stage: Stage) -> int:
+        """Iterations of `stage`."""
+        return self.start(list(Stage)[list(Stage).index(stage) + 1]) - self.start(stage)
+
     def ended_at(self, stage: Stage, step: int) -> StageSchedule:
         """This schedule with `stage` ending at global step `step` (its last iteration), the later stages after it."""
         length = step - self.start(stage) + 1

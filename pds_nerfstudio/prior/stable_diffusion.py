@@ -10,7 +10,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, Tuple
 
 import torch
 from jaxtyping import Float, Int
@@ -20,6 +20,7 @@ from pds_nerfstudio.guidance import EpsFn
 from pds_nerfstudio.prior.hub import hub_offline, looks_like_local_path
 from pds_nerfstudio.prior.lora import apply_lora, check_lora
 from pds_nerfstudio.guidance.options import validate_guidance_scale
+from pds_nerfstudio.guidance.resizing import prior_size
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
@@ -248,6 +249,10 @@ class DiffusionPrior:
         """Image side the UNet was trained at: 512 for SD 1.5, 768 for SD 2.x-v."""
         self.load()
         return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def input_size(self, height: int, width: int) -> Tuple[int, int]:
+        """The size an image of `height` x `width` is resized to for this prior (resizing.prior_size)."""
+        return prior_size(height, width, self.native_resolution, self.vae_scale_factor)
 
     # ------------------------------------------------------------------- text
 
