@@ -16,11 +16,17 @@ from torch import Tensor
 
 
 class RenderConvergence:
-    """Stage 1: a window is calm when the probe renders moved less than `threshold` times their whole change since
-    the first check: mean |r_k - r_(k-1)| < threshold * mean |r_k - r_1|."""
+    """Stage 1: a window is calm when the smoothed probe renders moved less than `threshold` times their whole
+    change since the first check: mean |s_k - s_(k-1)| < threshold * mean |s_k - s_1|, where
+    s_k = smoothing * s_(k-1) + (1 - smoothing) * r_k is an exponential moving average of the renders r_k (s_1 = r_1;
+    smoothing 0 compares the renders themselves). Each PDS step draws its own timestep and noise, so the renders
+    jitter about the edit; the average keeps that jitter from reading as change (measured in docs/editing.md)."""
 
-    def __init__(self, threshold: float, patience: int, min_iterations: int) -> None:
+    def __init__(self, threshold: float, patience: int, min_iterations: int, smoothing: float = 0.0) -> None:
+        if not 0.0 <= smoothing < 1.0:
+            raise ValueError(f"the smoothing must be in [0, 1), got {smoothing}")
         self.threshold, self.patience, self.min_iterations = threshold, patience, min_iterations
+        self.smoothing = smoothing
         self.first: Optional[Tensor] = None
         self.last: Optional[Tensor] = None
         self.calm = 0
@@ -33,13 +39,14 @@ class RenderConvergence:
         if self.first is None or self.last is None:
             self.first = self.last = renders
             return None
-        step_change = float((renders - self.last).abs().mean())
-        total_change = float((renders - self.first).abs().mean())
-        self.last = renders
+        smoothed = self.smoothing * self.last + (1.0 - self.smoothing) * renders
+        step_change = float((smoothed - self.last).abs().mean())
+        total_change = float((smoothed - self.first).abs().mean())
+        self.last = smoothed
         self.ratio = step_change / total_change if total_change > 0 else 0.0
         self.calm = self.calm + 1 if self.ratio < self.threshold else 0
         if self.calm >= self.patience and iterations >= self.min_iterations:
-            return (f"converged: the probe views' renders changed by {self.ratio:.3f} of their change since the "
+            return (f"converged: the probe views' smoothed renders changed by {self.ratio:.3f} of their change since the "
                     f"stage's first check, below {self.threshold:g}, in {self.calm} windows in a row")  # fmt: skip
         return None
 

@@ -103,9 +103,13 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     convergence_window: int = 10
     """With stop-when-converged: the stages are checked every this many iterations."""
     convergence_threshold: float = 0.05
-    """With stop-when-converged: a window is calm when, in stage 1, the probe renders moved by less than this
+    """With stop-when-converged: a window is calm when, in stage 1, the smoothed probe renders moved by less than this
     fraction of their change since the stage's first check, or, in stage 2, the mean loss by less than this
     fraction of itself."""
+    convergence_smoothing: float = 0.7
+    """With stop-when-converged: stage 1 compares exponential moving averages of the probe renders, updated at each
+    check with this weight on the past (0: the renders themselves), so that the jitter of single PDS steps, each at
+    its own timestep and noise, does not read as change."""
     convergence_patience: int = 3
     """With stop-when-converged: calm windows in a row that end a stage."""
     convergence_min_iterations: int = 30
@@ -144,6 +148,9 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
         if not self.convergence_threshold > 0 or self.convergence_min_iterations < 0:
             raise ValueError(f"{flag(OPTION_PREFIX, 'convergence_threshold')} must be > 0 and "
                              f"{flag(OPTION_PREFIX, 'convergence_min_iterations')} >= 0")  # fmt: skip
+        if not 0.0 <= self.convergence_smoothing < 1.0:
+            raise ValueError(f"{flag(OPTION_PREFIX, 'convergence_smoothing')} must be in [0, 1), "
+                             f"got {self.convergence_smoothing}")  # fmt: skip
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"{flag(OPTION_PREFIX, 'render_scale')} must be in (0, 1], got {self.render_scale}")
         if isinstance(self.datamanager.dataparser, NerfstudioDataParserConfig):  # other formats: their parser checks
@@ -176,7 +183,8 @@ class EditPipeline(VanillaPipeline):
         self.register_buffer(STAGE_LENGTHS_KEY, lengths)  # the options: how a checkpoint is known to be an edit's
         self.register_buffer(STAGE_RUN_LENGTHS_KEY, lengths.clone())  # what the stages run: shorter when converged
         self.pds_convergence = RenderConvergence(
-            config.convergence_threshold, config.convergence_patience, config.convergence_min_iterations
+            config.convergence_threshold, config.convergence_patience, config.convergence_min_iterations,
+            config.convergence_smoothing,
         )
         self.refinement_plateau = LossPlateau(config.convergence_threshold, config.convergence_patience)
         self._resumed_rng: Optional[Dict[str, Any]] = None
