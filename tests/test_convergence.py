@@ -68,9 +68,11 @@ def test_state_round_trip_continues_identically():
     assert [resumed.record(i, render) for i, render in enumerate(sequence) if i >= 4] == ends[4:]
 
 
-def test_smoothing_out_of_range_is_refused():
-    with pytest.raises(ValueError, match="smoothing"):
-        RenderConvergence(threshold=0.1, patience=1, min_iterations=0, smoothing=1.0)
+def test_smoothing_out_of_range_is_refused_as_the_command_line_spells_it(tiny_scene, tiny_prior_dir):
+    from conftest import tiny_pds_config
+
+    with pytest.raises(ValueError, match=r"--pipeline\.convergence-smoothing must be in \[0, 1\), got 1\.0"):
+        tiny_pds_config(tiny_scene, tiny_prior_dir, convergence_smoothing=1.0).validate()
 
 
 def test_loss_plateau_compares_window_means():

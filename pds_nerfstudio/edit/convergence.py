@@ -23,8 +23,6 @@ class RenderConvergence:
     jitter about the edit; the average keeps that jitter from reading as change (measured in docs/editing.md)."""
 
     def __init__(self, threshold: float, patience: int, min_iterations: int, smoothing: float = 0.0) -> None:
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"the smoothing must be in [0, 1), got {smoothing}")
         self.threshold, self.patience, self.min_iterations = threshold, patience, min_iterations
         self.smoothing = smoothing
         self.first: Optional[Tensor] = None
@@ -46,8 +44,8 @@ class RenderConvergence:
         self.ratio = step_change / total_change if total_change > 0 else 0.0
         self.calm = self.calm + 1 if self.ratio < self.threshold else 0
         if self.calm >= self.patience and iterations >= self.min_iterations:
-            return (f"converged: the probe views' smoothed renders changed by {self.ratio:.3f} of their change since the "
-                    f"stage's first check, below {self.threshold:g}, in {self.calm} windows in a row")  # fmt: skip
+            return (f"converged: the probe views' smoothed renders changed by {self.ratio:.3f} of their change "
+                    f"since the stage's first check, below {self.threshold:g}, in {self.calm} windows in a row")
         return None
 
     def state(self) -> Dict[str, Any]:

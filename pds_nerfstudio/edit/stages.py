@@ -80,7 +80,8 @@ class StageSchedule:
 
     def length(self, stage: Stage) -> int:
         """Iterations of `stage`."""
-        return self.start(list(Stage)[list(Stage).index(stage) + 1]) - self.start(stage)
+        lengths = {Stage.RECONSTRUCTION: self.reconstruction, Stage.PDS: self.pds, Stage.REFINEMENT: self.refinement}
+        return lengths[stage]
 
     def ended_at(self, stage: Stage, step: int) -> StageSchedule:
         """This schedule with `stage` ending at global step `step` (its last iteration), the later stages after it."""
