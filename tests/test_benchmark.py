@@ -29,15 +29,30 @@ def _cells(line: str) -> list[str]:
     return [cell.strip() for cell in line.strip("|").split("|")]
 
 
+def _ms(cell: str) -> float:
+    number, unit = cell.split()
+    return float(number) * {"h": 3.6e6, "min": 6e4, "s": 1e3}[unit]
+
+
 def test_benchmark_reports_stage1_rows_and_each_modes_costs(user_env: dict[str, str], tmp_path: Path) -> None:
-    report = _benchmark(["--output", str(tmp_path / "report.md"), "--profile"], user_env, tmp_path)
+    converged = tmp_path / "converged-run"  # an edit whose stages ended early, as `ns-train pds` writes it
+    converged.mkdir()
+    (converged / "stage_ends.json").write_text(json.dumps({
+        "pds": {"last_step": 679, "iterations": 80, "cap": 200, "reason": "converged"},
+        "refinement": {"last_step": 889, "iterations": 210, "cap": 210, "reason": "reached its cap"}}))  # fmt: skip
+    report = _benchmark(["--output", str(tmp_path / "report.md"), "--profile", "--project-run", str(converged)],
+                        user_env, tmp_path)  # fmt: skip
     assert "none (CPU" in report[0] and "torch" in report[0] and "nerfstudio 1.1.5" in report[0]
+    assert _cells(report[3])[7:] == ["whole edit, 30,000 + 15,000", "whole edit, 80 + 210"]
     stage1 = [_cells(line) for line in report[5:7]]
     assert [row[:3] for row in stage1] == [["16", "authors", "16384"], ["16", "ours", "16384"]]  # the default chunk
     assert stage1[0][6] == "1.00x" and stage1[1][6].endswith("x")  # speed-up against the baseline
-    assert all(row[7].endswith(" h") for row in stage1)  # whole edit, from this mode's stage-2 time
     modes = [_cells(line) for line in report[10:12]]
     assert [row[0] for row in modes] == ["authors", "ours"] and all(row[4].endswith("x") for row in modes)
+    for row, mode in zip(stage1, modes):  # whole edit = N1 x this row's stage 1 + N2 x this mode's stage 2
+        for cell, (n1, n2) in zip(row[7:], ((30000, 15000), (80, 210))):
+            assert _ms(cell) == pytest.approx(n1 * float(row[3]) + n2 * float(mode[2]), rel=0.01, abs=3100)  # to the printed digits
+    assert "converged-run's 80 + 210" in report[12]
     assert [row[5] for row in modes] == ["plain", "compile"]  # what computed the hash encodings
     assert (tmp_path / "report.md").read_text().splitlines() == report  # the file holds the printed report
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -65,6 +80,14 @@ def test_past_the_time_budget_nothing_is_measured_and_the_report_says_so(
     ]
     assert all("skipped (time budget)" in line for line in report[11:13])
     assert (tmp_path / "report.md").read_text().splitlines() == report
+
+
+def test_a_run_that_does_not_say_where_its_stages_ended_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark.main(["--device", "cpu", "--project-run", str(tmp_path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: --project-run:" in error and "stage_ends.json" in error and "finished both stages" in error
 
 
 def test_offline_benchmark_refuses_a_folder_without_wheels(tmp_path: Path) -> None:

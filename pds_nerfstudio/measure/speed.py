@@ -24,7 +24,9 @@ cut short by --time-budget or a killed job still holds them; --output rewrites t
 
 Prints ms per iteration (CUDA-synchronised, warm, median), peak GPU memory (allocated, and reserved by
 torch's caching allocator: what a card must hold), the speed-up against the baseline, the device and
-versions, and the projected time of a whole edit (30,000 + 15,000 iterations).
+versions, and the projected time of a whole edit: at the authors' 30,000 + 15,000 iterations, and at the
+iterations of each finished edit given with --project-run (its stage_ends.json: where its stages ended, e.g.
+with --pipeline.stop-when-converged or a faster recipe).
 """
 
 from __future__ import annotations
@@ -61,6 +63,30 @@ PDS_ITERATIONS, REFINEMENT_ITERATIONS = 30000, 15000
 MODES = ("ours", "authors", "triton", "splat")  # measured in this order
 SHOWN = ("authors", "ours", "triton", "splat")  # the baseline first in each table
 OUT_OF_MEMORY, SKIPPED = "out of memory", "skipped (time budget)"
+
+
+@dataclass(frozen=True)
+class EditLength:
+    """The iterations of a whole edit, at which the report projects its time."""
+
+    label: str
+    pds: int
+    refinement: int
+
+
+AUTHORS_LENGTH = EditLength("the authors'", PDS_ITERATIONS, REFINEMENT_ITERATIONS)
+
+
+def edit_length_of_run(run_dir: Path) -> EditLength:
+    """The stage-1 and stage-2 iterations a finished edit ran, from its run_dir/stage_ends.json (written by every
+    `ns-train pds` and `pds-splat` edit as its stages end); ValueError where the run holds none."""
+    path = run_dir / "stage_ends.json"
+    try:
+        ended = json.loads(path.read_text())
+        return EditLength(f"{run_dir.name}'s", int(ended["pds"]["iterations"]), int(ended["refinement"]["iterations"]))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} does not say where both stages ended ({type(error).__name__}: {error}); "
+                         f"give the run folder of an edit that finished both stages") from error  # fmt: skip
 
 
 @dataclass
@@ -279,8 +305,10 @@ def out_of_memory_guard(measure: Callable[[], object]) -> object:
 class Report:
     """The rows measured so far, printed as markdown tables; rewritten to `output` after every row."""
 
-    def __init__(self, device: torch.device, context: str, output: Optional[Path]) -> None:
-        self.device, self.context, self.output = device, context, output
+    def __init__(
+        self, device: torch.device, context: str, output: Optional[Path], lengths: tuple[EditLength, ...] = (AUTHORS_LENGTH,)
+    ) -> None:
+        self.device, self.context, self.output, self.lengths = device, context, output, lengths
         self.header = _header(device)
         self.stage1: list[Stage1Row] = []
         self.modes: dict[str, ModeRow] = {}
@@ -299,27 +327,29 @@ class Report:
 
     def as_json(self) -> dict:
         stage1, modes = [vars(row) for row in self.stage1], [vars(row) for row in self.modes.values()]
-        return {"header": self.header, "context": self.context, "stage1": stage1, "modes": modes}
+        lengths = [vars(length) for length in self.lengths]
+        return {"header": self.header, "context": self.context, "stage1": stage1, "modes": modes, "edit_lengths": lengths}
 
     def text(self) -> str:
         lines = [self.header, self.context, ""]
+        wholes = [f"whole edit, {length.pds:,} + {length.refinement:,}" for length in self.lengths]
         lines += [
-            "| render | mode | chunk | stage 1 ms | peak GiB | reserved GiB | speed-up | whole edit |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|",
+            "| " + " | ".join(["render", "mode", "chunk", "stage 1 ms", "peak GiB", "reserved GiB", "speed-up", *wholes]) + " |",
+            "|---:|---|---:|---:|---:|---:|---:|" + "---:|" * len(wholes),
         ]
         baselines = {row.resolution: row.ms for row in self.stage1 if row.mode == "authors" and row.ms}
         for row in sorted(self.stage1, key=lambda r: (r.resolution, SHOWN.index(r.mode), -r.chunk)):
             cells = [str(row.resolution), row.mode, str(row.chunk) if row.chunk else "-"]
             if row.ms is None:
-                lines.append("| " + " | ".join(cells + [row.status, "", "", "", ""]) + " |")
+                lines.append("| " + " | ".join(cells + [row.status, "", "", ""] + [""] * len(wholes)) + " |")
                 continue
             base = baselines.get(row.resolution)
             mode = self.modes.get(row.mode)
-            hours = "-"
+            hours = ["-"] * len(self.lengths)
             if mode is not None and mode.stage2_ms is not None:
-                hours = f"{(PDS_ITERATIONS * row.ms + REFINEMENT_ITERATIONS * mode.stage2_ms) / 3.6e6:.2f} h"
+                hours = [_hours(length.pds * row.ms + length.refinement * mode.stage2_ms) for length in self.lengths]
             speedup = f"{base / row.ms:.2f}x" if base else "-"
-            cells += [f"{row.ms:.1f}", _gib(row.peak_gib), _gib(row.reserved_gib), speedup, hours]
+            cells += [f"{row.ms:.1f}", _gib(row.peak_gib), _gib(row.reserved_gib), speedup, *hours]
             lines.append("| " + " | ".join(cells) + " |")
         lines += [
             "",
@@ -338,9 +368,17 @@ class Report:
         lines.append(
             "stage 1: render + diffusion half + back-propagation + optimiser step. Stage 2 includes its SDEdit every "
             "10 iterations, amortised. Own step: an iteration of the scene's own method (nerfacto; splatfacto for "
-            "splat). Whole edit = 30,000 x stage 1 + 15,000 x stage 2."
+            "splat). Whole edit, N1 + N2 = N1 x stage 1 + N2 x stage 2, at "
+            + "; ".join(f"{length.label} {length.pds:,} + {length.refinement:,}" for length in self.lengths)
+            + "."
         )
         return "\n".join(lines)
+
+
+def _hours(ms: float) -> str:
+    if ms >= 3.6e6:
+        return f"{ms / 3.6e6:.2f} h"
+    return f"{ms / 6e4:.1f} min" if ms >= 6e4 else f"{ms / 1e3:.0f} s"
 
 
 def _header(device: torch.device) -> str:
@@ -458,12 +496,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                              "the report is still printed")  # fmt: skip
     parser.add_argument("--output", type=Path, default=None,
                         help="markdown report, rewritten after every row (and a .json beside it)")  # fmt: skip
+    parser.add_argument("--project-run", type=Path, action="append", default=[], metavar="RUN_DIR",
+                        help="also project the whole edit at the iterations this finished edit ran (its stage_ends.json), "
+                             "e.g. a run with --pipeline.stop-when-converged; repeatable")  # fmt: skip
     parser.add_argument("--profile", action="store_true",
                         help="also profile one stage-1 iteration of each mode at the largest size (torch.profiler's operator "
                              "table), written beside --output as <name>-profile-<mode>.txt")  # fmt: skip
     args = parser.parse_args(argv)
     if args.profile and args.output is None:
         parser.error("--profile writes beside the report: give --output too")
+    try:
+        lengths = (AUTHORS_LENGTH, *(edit_length_of_run(run) for run in args.project_run))
+    except ValueError as error:
+        parser.error(f"--project-run: {error}")
     started = time.monotonic()
 
     def out_of_time() -> bool:
@@ -488,7 +533,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         prior = resolve_prior(args.prior, device, workdir)
         context = f"scene {scene.name} ({short_side} px), prior {prior.name}, median of {args.iterations} after {args.warmup}"
         print(context, flush=True)
-        report = Report(device, context, args.output)
+        report = Report(device, context, args.output, lengths)
         chunks = [chunk or pds_method.config.pipeline.scene.render_chunk_size for chunk in args.render_chunk_sizes]
         for mode in sorted(modes, key=MODES.index):
             build_mode = functools.partial(build, scene, prior, device, mode, tiny)
