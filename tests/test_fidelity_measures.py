@@ -103,3 +103,46 @@ def test_clip_directional_similarity_with_a_tiny_random_clip(tiny_clip_dir: Path
     assert -1 <= forward <= 1 and forward != 0
     assert backward == pytest.approx(-forward, abs=1e-5) and swapped == pytest.approx(-forward, abs=1e-5)
     assert fm.clip_directional_similarity(tiny_clip_dir, source, source, "a red sphere", "a blue sphere") == 0
+
+
+@pytest.fixture(scope="module")
+def reshaped(tmp_path_factory: pytest.TempPathFactory) -> dict[str, fm.SceneTruth]:
+    """A shape edit's source and its answer: the same layout (seed) as a red sphere and as a red cube."""
+    root = tmp_path_factory.mktemp("reshaped")
+    return {shape: fm.load_scene_truth(make_scene(root / shape, size=48, num_views=6, objects=(f"red {shape}",),
+                                                  seed=3).out_dir) for shape in ("sphere", "cube")}  # fmt: skip
+
+
+def test_a_shape_edits_answer_is_the_same_object_in_another_shape(reshaped: dict[str, fm.SceneTruth]) -> None:
+    source, target = reshaped["sphere"], reshaped["cube"]
+    assert (source.colour, source.shape, target.colour, target.shape) == ("red", "sphere", "red", "cube")
+    for a, b in zip(source.views, target.views, strict=True):
+        np.testing.assert_array_equal(a.origin, b.origin)  # the same cameras
+        assert 0.3 < fm.iou(a.mask, b.mask) < 0.9  # one place, another outline
+        assert fm.target_shape_fraction(b.image, a.image, b.image) == 1.0
+        assert fm.target_shape_fraction(a.image, a.image, b.image) == 0.0
+        assert fm.target_shape_fraction(a.image, a.image, a.image) is None  # no shape edit: nothing differs
+
+
+def test_shape_edit_measures_read_the_answer_as_the_target_and_the_source_as_not(
+    reshaped: dict[str, fm.SceneTruth],
+) -> None:
+    from pds_nerfstudio.measure.fidelity_runs import summarise, view_measures
+
+    source, target = reshaped["sphere"], reshaped["cube"]
+    names = [v.name for v in source.views]
+
+    def renders(truth: fm.SceneTruth) -> tuple[np.ndarray, np.ndarray]:
+        return np.stack([v.image for v in truth.views]), np.stack([v.depth for v in truth.views])
+
+    def measured(truth: fm.SceneTruth) -> dict:  # the truth's images and depths as a run's renders
+        per_view = view_measures(source, *renders(truth), renders(source), target)
+        return summarise(per_view, names, names, "red", "red")
+
+    edited, unchanged = measured(target), measured(source)
+    assert edited["attribute_success"] == 1.0 and unchanged["attribute_success"] == 0.0  # reads as the target shape
+    assert edited["target_shape_iou"] > 0.85 and edited["target_shape_iou"] > edited["source_shape_iou"] + 0.05
+    assert unchanged["source_shape_iou"] > 0.85 and unchanged["source_shape_iou"] > unchanged["target_shape_iou"] + 0.05
+    assert edited["source_colour_kept"] == 1.0 and unchanged["source_colour_kept"] == 1.0  # both red
+    assert unchanged["background_psnr"] == math.inf  # outside both shapes: the source itself
+    assert 20 < edited["background_psnr"] < math.inf  # the cube's shadow falls elsewhere than the sphere's

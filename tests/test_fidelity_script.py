@@ -82,11 +82,36 @@ def test_fidelity_runs_every_method_and_pds_on_splats_through_both_stages_and_re
     }
 
 
+def test_fidelity_measures_a_shape_edit_against_its_answer(user_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "shape"
+    args = [str(out), *TINY, "--edits", "red sphere:red cube", "--seeds", "3", "--methods", "pds",
+            "--scene-kinds", "nerfacto"]  # fmt: skip
+    result = _fidelity(args, user_env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    root = out / "red-sphere_to_cube" / "seed3"
+    scene, answer = (json.loads((root / folder / "scene.json").read_text())["objects"][0]
+                     for folder in ("scene", "target_scene"))  # fmt: skip
+    assert (scene["shape"], answer["shape"]) == ("sphere", "cube") and scene["colour"] == answer["colour"] == "red"
+    assert scene["centre"] == answer["centre"] and scene["size"] == answer["size"] and scene["yaw_deg"] == answer["yaw_deg"]
+    (chain,) = json.loads((out / "fidelity.json").read_text())["chains"]
+    assert 0 <= chain["prior_samples_read_as_target"] <= 1
+    for stage in ("pds", "refinement"):
+        measures = chain["runs"]["pds"][stage]["train"]
+        assert 0 <= measures["target_shape_iou"] <= 1 and 0 <= measures["source_shape_iou"] <= 1
+        assert 0 <= measures["attribute_success"] <= 1 and 0 <= measures["source_colour_kept"] <= 1
+    assert "### Shape edits" in result.stdout and "red sphere -> cube" in result.stdout
+    assert "### Colour edits" not in result.stdout and "shape edits, pds: the final silhouette" in result.stdout
+    assert Image.open(out / "side_by_side.png").size == (150 + 5 * 64, 14 + 64)  # scene, answer, source, 2 stages
+
+
 def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str, str], tmp_path: Path) -> None:
     result = _fidelity([str(tmp_path / "out"), "--dry-run", "--methods", "pds"], user_env)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("$ ns-train pds-nerfacto") == 16  # the full matrix: 8 edits x 2 seeds
-    assert result.stdout.count("$ ns-train pds-splatfacto") == 16 and result.stdout.count("$ ns-train pds-splat ") == 16
+    assert result.stdout.count("$ ns-train pds-nerfacto") == 22  # the full matrix: (8 colour + 3 shape edits) x 2 seeds
+    assert result.stdout.count("$ ns-train pds-splatfacto") == 22 and result.stdout.count("$ ns-train pds-splat ") == 22
+    assert "--pipeline.target-prompt 'a red cube'" in result.stdout  # red sphere -> red cube
+    shape = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "shape", "--methods", "pds"], user_env)
+    assert shape.stdout.count("$ ns-train pds-nerfacto") == 6 and "blue-cube_to_cylinder" in shape.stdout
     assert "--pipeline.method pds" in result.stdout and "--pipeline.refinement-iterations 210" in result.stdout
     quick = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "quick"], user_env)
     assert quick.stdout.count("$ ns-train pds-nerfacto") == 2 and quick.stdout.count("--pipeline.method") == 8
@@ -96,7 +121,8 @@ def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--edits", "red sphere:blue cube"], "the target must be the source's shape (sphere) in another colour"),
+        (["--edits", "red sphere:blue cube"],
+         "the target must be the source's shape (sphere) in another colour, or another shape in its colour (red)"),
         (["--edits", "red sphere:red sphere"], "in another colour"),
         (["--edits", "red sphere blue sphere"], "write SOURCE:TARGET"),
         (["--edits", "mauve sphere:red sphere"], "unknown colour 'mauve'"),

@@ -9,7 +9,7 @@ from pathlib import Path
 METHODS = ("pds", "sds", "dds")
 STAGES = ("pds", "refinement")
 """The measured results: the end of stage 1 and the end of stage 2."""
-FULL_MATRIX = (
+COLOUR_MATRIX = (
     "red sphere:blue sphere",
     "green cube:purple cube",
     "blue cylinder:orange cylinder",
@@ -19,7 +19,13 @@ FULL_MATRIX = (
     "purple sphere:white sphere",
     "cyan cube:gray cube",
 )
-"""Chromatic and achromatic sources and targets, on spheres, cubes and cylinders."""
+"""Colour edits: chromatic and achromatic sources and targets, on spheres, cubes and cylinders."""
+SHAPE_MATRIX = (
+    "red sphere:red cube",
+    "blue cube:blue cylinder",
+    "green cylinder:green sphere",
+)
+"""Shape edits: the same object (place, size, yaw, colour) as another shape; the scene generator renders the answer."""
 QUICK_MATRIX = ("red sphere:blue sphere", "cyan cube:gray cube")
 SUCCESS = 0.9
 """Attribute success that counts as edited (iterations-to-edit; the goal)."""
@@ -40,11 +46,20 @@ class Chain:
 
     @property
     def name(self) -> str:
-        return f"{self.source.replace(' ', '-')}_to_{self.target.split()[0]}"
+        return f"{self.source.replace(' ', '-')}_to_{changed_word(self.source, self.target)}"
+
+    @property
+    def is_shape_edit(self) -> bool:
+        return self.source.split()[1] != self.target.split()[1]
 
     @property
     def scene(self) -> Path:
         return self.root / "scene"
+
+    @property
+    def target_scene(self) -> Path:
+        """A shape edit's answer: the scene rendered with the target shape in the source's place (its truth)."""
+        return self.root / "target_scene"
 
     @property
     def runs(self) -> Path:
@@ -63,6 +78,11 @@ KINDS = {
     "splat": {"reconstruction": "pds-splatfacto", "edit": "pds-splat", "suffix": "-splat"},
 }
 """The scene representations: their reconstruction and edit methods, and the suffix of their runs' labels."""
+
+
+def changed_word(source: str, target: str) -> str:
+    """What an edit changes: the target's colour ("blue" for red sphere -> blue sphere) or its shape ("cube")."""
+    return target.split()[1] if source.split()[1] != target.split()[1] else target.split()[0]
 
 
 def run_kind(label: str) -> tuple[str, str]:

@@ -1,13 +1,15 @@
-"""Edit fidelity of PDS against SDS and DDS over a matrix of colour edits whose right answer is known.
+"""Edit fidelity of PDS against SDS and DDS over a matrix of colour and shape edits whose right answer is known.
 
-    python scripts/fidelity.py OUT_DIR                    # 8 edits x 2 seeds x (pds, sds, dds, pds-splat): about 3 h on 2 cores
-    python scripts/fidelity.py OUT_DIR --matrix quick     # 2 edits x 1 seed: about 25 min on 2 cores
+    python scripts/fidelity.py OUT_DIR                    # 11 edits x 2 seeds x (pds, sds, dds, pds-splat): about 4 h on 2 cores
+    python scripts/fidelity.py OUT_DIR --matrix quick     # 2 colour edits x 1 seed: about 25 min on 2 cores
+    python scripts/fidelity.py OUT_DIR --matrix shape     # the 3 shape edits x 2 seeds
     python scripts/fidelity.py OUT_DIR --edits "red sphere:blue sphere" --seeds 0 1 --methods pds
     python scripts/fidelity.py OUT_DIR --scene-kinds splat  # PDS on Gaussian splats only (`ns-train pds-splat`)
     python scripts/fidelity.py OUT_DIR --options --pipeline.scene.pds-proposal-losses True   # measure an option
 
 For every edit and seed (a "chain", run in parallel with --workers):
-1. `make_scene`: a one-object procedural scene (layout from the seed) with masks, depth and scene.json.
+1. `make_scene`: a one-object procedural scene (layout from the seed) with masks, depth and scene.json; for a
+   shape edit also its answer, the same layout with the target shape (`target_scene/`).
 2. `ns-train pds-nerfacto`: the source reconstruction (the same training as stage 0 of `ns-train pds`); and
    `ns-train pds-splatfacto` for the splats.
 3. `ns-train pds --load-dir <reconstruction> --pipeline.method M` for each method at equal budgets (the same
@@ -18,7 +20,10 @@ For every edit and seed (a "chain", run in parallel with --workers):
    held-out (eval) views: the fraction of views whose object reads as the target colour; identity against the
    source reconstruction (object depth change, silhouette IoU, background PSNR); iterations-to-edit from
    stage 1's own renders; and how often the prior's own samples of the target caption, drawn into the
-   scene's views, read as the target colour (pds_nerfstudio/guidance/prior_samples.py).
+   scene's views, read as the target colour (pds_nerfstudio/guidance/prior_samples.py). A shape edit is
+   measured against its answer: the silhouette's IoU against the target shape's true silhouette and against the
+   source shape's, the colour kept (read on the target shape), and the background outside both shapes; the
+   prior's own samples say which of the two silhouettes they are nearer.
 
 Writes OUT_DIR/fidelity.md, fidelity.json and side_by_side.png; prints the tables. The prior defaults to the
 toy prior embedded in the package, which knows 12 colours x 3 shapes.
@@ -36,7 +41,16 @@ from pathlib import Path
 from typing import Sequence
 
 from pds_nerfstudio.commands import BIN, command_env, log_tail, run_command, shown
-from pds_nerfstudio.measure.fidelity_chain import FULL_MATRIX, KINDS, METHODS, QUICK_MATRIX, Chain, run_kind, stage_ends
+from pds_nerfstudio.measure.fidelity_chain import (
+    COLOUR_MATRIX,
+    KINDS,
+    METHODS,
+    QUICK_MATRIX,
+    SHAPE_MATRIX,
+    Chain,
+    run_kind,
+    stage_ends,
+)
 from pds_nerfstudio.measure.fidelity_report import goal_lines, report, side_by_side
 from pds_nerfstudio.measure.fidelity_runs import measure_chain
 
@@ -53,10 +67,12 @@ def run_labels(args: argparse.Namespace) -> list[str]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="output folder (must be empty or missing)")
-    parser.add_argument("--matrix", choices=("full", "quick"), default="full", help="the edits and seeds to run")
+    parser.add_argument("--matrix", choices=tuple(MATRICES), default="full",
+                        help="the edits to run: colour and shape edits (full), one of the two, or 2 colour edits (quick)")
     parser.add_argument("--edits", nargs="+", default=None,
-                        help='"<colour> <shape>:<colour> <shape>" pairs (same shape), instead of --matrix')
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (full), 0 (quick)")
+                        help='"<colour> <shape>:<colour> <shape>" pairs that change the colour or the shape, '
+                             'instead of --matrix')
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 0 1 (0 with --matrix quick or --edits)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods on nerfacto")
     parser.add_argument("--scene-kinds", nargs="+", choices=tuple(KINDS), default=list(KINDS),
                         help="nerfacto (`ns-train pds`), splat (`ns-train pds-splat`)")
@@ -89,24 +105,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+MATRICES = {"full": COLOUR_MATRIX + SHAPE_MATRIX, "colour": COLOUR_MATRIX, "shape": SHAPE_MATRIX, "quick": QUICK_MATRIX}
+"""The edits of each --matrix."""
+
+
 def edit_pairs(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """The (source, target) objects to edit; refuses pairs that are not colour edits of one shape."""
+    """The (source, target) objects to edit; refuses pairs that change both the colour and the shape, or neither."""
     from pds_nerfstudio.synthetic.procedural_scene import parse_object
 
     pairs = []
-    for text in args.edits or (FULL_MATRIX if args.matrix == "full" else QUICK_MATRIX):
+    for text in args.edits or MATRICES[args.matrix]:
         if ":" not in text:
             raise ValueError(f"--edits {text!r}: write SOURCE:TARGET, e.g. 'red sphere:blue sphere'")
         source, target = (part.strip() for part in text.split(":", 1))
         (source_colour, shape), (target_colour, target_shape) = parse_object(source), parse_object(target)
-        if target_shape != shape or target_colour == source_colour:
-            raise ValueError(f"--edits {text!r}: the target must be the source's shape ({shape}) in another colour")
-        pairs.append((f"{source_colour} {shape}", f"{target_colour} {shape}"))
+        if (target_shape != shape) == (target_colour != source_colour):
+            raise ValueError(f"--edits {text!r}: the target must be the source's shape ({shape}) in another colour, "
+                             f"or another shape in its colour ({source_colour})")  # fmt: skip
+        pairs.append((f"{source_colour} {shape}", f"{target_colour} {target_shape}"))
     return pairs
 
 
 def chains(args: argparse.Namespace, out: Path) -> list[Chain]:
-    seeds = args.seeds if args.seeds is not None else ([0, 1] if args.matrix == "full" and not args.edits else [0])
+    seeds = args.seeds if args.seeds is not None else ([0] if args.matrix == "quick" or args.edits else [0, 1])
     result = []
     for source, target in edit_pairs(args):
         for seed in seeds:
@@ -185,6 +206,9 @@ def run_chain(args: argparse.Namespace, chain: Chain, prior: Path) -> None:
     if not args.dry_run:
         chain.root.mkdir(parents=True)
         make_scene(chain.scene, size=args.size, num_views=args.num_views, objects=(chain.source,), seed=chain.seed)
+        if chain.is_shape_edit:  # the same layout (the seed draws sizes, yaws and cameras alike for every shape)
+            make_scene(chain.target_scene, size=args.size, num_views=args.num_views, objects=(chain.target,),
+                       seed=chain.seed)  # fmt: skip
         settings = {"source": chain.source, "target": chain.target, "seed": chain.seed, "prior": str(prior),
                     "runs": labels, "stage_ends": {kind: stage_ends(*lengths(args, kind)) for kind in kinds},
                     "clip_model": args.clip_model, "prompt_template": args.prompt_template}  # fmt: skip

@@ -216,6 +216,26 @@ def read_colour(image: Float[np.ndarray, "h w 3"], view: SceneView, albedo: tupl
     return "" if estimate is None else nearest_colour(estimate)
 
 
+SHAPE_MARGIN = 0.1
+"""Two truths differ at a pixel where a channel differs by more than this (images in [0, 1])."""
+
+
+def target_shape_fraction(
+    image: Float[np.ndarray, "h w 3"], source: Float[np.ndarray, "h w 3"], target: Float[np.ndarray, "h w 3"]
+) -> float | None:
+    """Of the pixels where the source scene's and the target scene's true images differ (a shape edit: where one
+    shape, or its shadow, covers what the other does not), the fraction where ``image`` is nearer the target's.
+    0.5 or more reads as the target shape. None where the truths differ in fewer than MIN_OBJECT_PIXELS pixels.
+
+    Needs no depth, so it reads renders (stage 1's log panels) and the prior's own samples alike."""
+    differ = np.abs(source - target).max(-1) > SHAPE_MARGIN
+    if differ.sum() < MIN_OBJECT_PIXELS:
+        return None
+    to_target = np.abs(image[differ] - target[differ]).sum(-1)
+    to_source = np.abs(image[differ] - source[differ]).sum(-1)
+    return float(np.mean(to_target < to_source))
+
+
 def fraction_reading(colours: list[str], colour: str) -> float:
     """Fraction of the views where the object is seen that read as ``colour`` (0 when none is seen)."""
     seen = [c for c in colours if c]

@@ -9,20 +9,28 @@ from pathlib import Path
 
 import numpy as np
 
-from pds_nerfstudio.measure.fidelity_chain import KINDS, SUCCESS
+from pds_nerfstudio.measure.fidelity_chain import KINDS, SUCCESS, changed_word
+
+SHAPE_IOU_GOAL = 0.8
+"""A shape edit's final silhouette IoU against the target shape's true silhouette (issue 25's goal)."""
 
 
 def edit_caption(chain: dict) -> str:
-    """'red sphere -> blue' for a chain's settings (its measures.json "chain")."""
-    return f"{chain['source']} -> {chain['target'].split()[0]}"
+    """'red sphere -> blue' (or -> cube) for a chain's settings (its measures.json "chain")."""
+    return f"{chain['source']} -> {changed_word(chain['source'], chain['target'])}"
 
 
-def spread(values: list[float], percent: bool = False) -> str:
+def is_shape_edit(result: dict) -> bool:
+    chain = result["chain"]
+    return chain["source"].split()[1] != chain["target"].split()[1]
+
+
+def spread(values: list[float], percent: bool = False, digits: int = 1) -> str:
     """Mean, and the range over seeds when there is more than one value."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     if not finite:
         return "n/a"
-    show = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:.1f}")
+    show = (lambda v: f"{100 * v:.0f}%") if percent else (lambda v: f"{v:.{digits}f}")
     text = show(float(np.mean(finite)))
     return text if len(finite) == 1 else f"{text} ({show(min(finite))}-{show(max(finite))})"
 
@@ -37,11 +45,61 @@ def iterations_run(runs: list[dict]) -> str:
 
 
 def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str, dict]:
-    """The tables (markdown) and the goals' numbers."""
+    """The tables (markdown) and the goals' numbers: colour edits, then shape edits (when the matrix has them),
+    per edit, and the source reconstructions."""
+    colour_results = [r for r in results if not is_shape_edit(r)]
+    shape_results = [r for r in results if is_shape_edit(r)]
+    lines, goals = colour_table(colour_results, methods) if colour_results else ([], {})
+    if shape_results:
+        shape_lines, shape_goals = shape_table(shape_results, methods)
+        lines += ([""] if lines else []) + shape_lines
+        goals["shape"] = shape_goals
+    return "\n".join([*lines, *edit_rows(results, methods), *source_lines(results), "", args_text]), goals
+
+
+def shape_table(results: list[dict], methods: list[str]) -> tuple[list[str], dict]:
+    """The shape edits' table: reads as the target shape, the silhouette's IoU against the target and the source
+    shapes' true silhouettes, the colour kept and the background (after stage 2, training views unless named)."""
+    lines = ["### Shape edits (mean over edits and seeds; range over edits x seeds)", "",
+             "| method | reads as target shape after stage 1 (train / held-out) | after stage 2 (train / held-out) "
+             "| iterations-to-edit (median; not reached) | silhouette IoU against the target shape / the source "
+             "shape after stage 2 | colour kept after stage 2 | background PSNR after stage 1 / 2 (dB) "
+             "| iterations run, stage 1 + stage 2 |", "|" + "---|" * 8]  # fmt: skip
+    goals = {}
+    for method in methods:
+        r = [x["runs"][method] for x in results if method in x["runs"]]
+        if not r:
+            continue
+        s1, s2 = [x["pds"] for x in r], [x["refinement"] for x in r]
+        reached = [x["iterations_to_edit"] for x in r if x["iterations_to_edit"] is not None]
+        median = f"{int(np.median(reached))}" if reached else "never"
+        lines.append(
+            f"| {method} | {spread([x['train']['attribute_success'] for x in s1], True)} / "
+            f"{spread([x['eval']['attribute_success'] for x in s1], True)} | "
+            f"{spread([x['train']['attribute_success'] for x in s2], True)} / "
+            f"{spread([x['eval']['attribute_success'] for x in s2], True)} | {median}; {len(r) - len(reached)} of {len(r)} | "
+            f"{spread([x['train']['target_shape_iou'] for x in s2], digits=3)} / "
+            f"{spread([x['train']['source_shape_iou'] for x in s2], digits=3)} | "
+            f"{spread([x['train']['source_colour_kept'] for x in s2], True)} | "
+            f"{spread([x['train']['background_psnr'] for x in s1])} / {spread([x['train']['background_psnr'] for x in s2])} | "
+            f"{iterations_run(r)} |"
+        )
+        goals[method] = {
+            "runs": len(r),
+            "nearer_target": sum(x["train"]["target_shape_iou"] > x["train"]["source_shape_iou"] for x in s2),
+            "target_iou_min": float(min(x["train"]["target_shape_iou"] for x in s2)),
+            "colour_kept": float(np.mean([x["train"]["source_colour_kept"] for x in s2])),
+            "background_psnr_stage2": float(np.mean([x["train"]["background_psnr"] for x in s2])),
+        }  # fmt: skip
+    return lines, goals
+
+
+def colour_table(results: list[dict], methods: list[str]) -> tuple[list[str], dict]:
+    """The colour edits' table and the goals' numbers."""
     def runs(method):
         return [r["runs"][method] for r in results if method in r["runs"]]
 
-    lines = ["### Over the whole matrix (mean over edits and seeds; range over edits x seeds)", "",
+    lines = ["### Colour edits over the whole matrix (mean over edits and seeds; range over edits x seeds)", "",
              "| method | reads as target after stage 1 (train / held-out) | after stage 2 (train / held-out) "
              "| iterations-to-edit (median; not reached) | object depth change, % of extent | object pixels moved > 5% "
              "| silhouette IoU | background PSNR after stage 1 / 2 (dB) | iterations run, stage 1 + stage 2 |",
@@ -75,7 +133,12 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
             "depth_error_stage2": float(np.mean([x["train"]["depth_error"] for x in s2])),
             "silhouette_iou_stage2": float(np.mean([x["train"]["silhouette_iou"] for x in s2])),
         }  # fmt: skip
-    lines += ["", "### Per edit (after stage 2, training views; mean over seeds, range in brackets)", "",
+    return lines, goals
+
+
+def edit_rows(results: list[dict], methods: list[str]) -> list[str]:
+    """One row per edit: the prior's own samples, and each method's success and background after stage 2."""
+    lines = ["", "### Per edit (after stage 2, training views; mean over seeds, range in brackets)", "",
               "| edit | prior's own samples read as target | " + " | ".join(
                   f"{m}: reads as target / background PSNR" for m in methods) + " |",
               "|" + "---|" * (2 + len(methods))]  # fmt: skip
@@ -88,7 +151,15 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
             s2 = [g["runs"][method]["refinement"]["train"] for g in group if method in g["runs"]]
             cells.append(f"{spread([x['attribute_success'] for x in s2], True)} / {spread([x['background_psnr'] for x in s2])}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Identity is measured against the source reconstruction of the same kind (nerfacto for pds, sds "
+    if any(is_shape_edit(r) for r in results):
+        lines += ["", "A shape edit reads as its target where the target shape is drawn: its renders nearer the "
+                  "target scene's true image than the source's where the two differ."]  # fmt: skip
+    return lines
+
+
+def source_lines(results: list[dict]) -> list[str]:
+    """The source reconstructions against the scenes' own images: the scale of the identity measures."""
+    lines = ["", "Identity is measured against the source reconstruction of the same kind (nerfacto for pds, sds "
               "and dds; splatfacto for the -splat runs): object depth change, silhouette IoU (1 = the source's "
               "silhouette) and background PSNR outside the object. For scale, the source reconstructions against "
               "the scenes' own images:"]  # fmt: skip
@@ -101,18 +172,21 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
                 f"object read as its own colour in {spread([r['train_reads_as_source'] for r in reference], True)} of "
                 f"training and {spread([r['eval_reads_as_source'] for r in reference], True)} of held-out views."
             )
-    return "\n".join([*lines, "", args_text]), goals
+    return lines
 
 
 def goal_lines(goals: dict) -> list[str]:
     """The issue's goals, each with the measured number; 'met' or 'missed by'."""
-    lines = []
+    lines = shape_goal_lines(goals.get("shape", {}))
+    goals = {k: v for k, v in goals.items() if k != "shape"}
+    if not goals:
+        return lines
     if "pds-splat" in goals:
         splat = goals["pds-splat"]
         lines.append(f"- PDS on splats reads as the target after stage 2 in {100 * splat['success_stage2']:.0f}% of "
                      f"views; background PSNR {splat['background_psnr_stage2']:.1f} dB (no goal set)")  # fmt: skip
     if "pds" not in goals:
-        return lines or ["goals: PDS was not run"]
+        return lines or ["goals: PDS was not run on colour edits"]
     pds = goals["pds"]
     lines = lines + [
         f"- PDS reads as the target after stage 2 in {100 * pds['success_stage2']:.0f}% of views (goal >= 90%): "
@@ -132,9 +206,23 @@ def goal_lines(goals: dict) -> list[str]:
     return lines
 
 
+def shape_goal_lines(goals: dict) -> list[str]:
+    """Issue 25's shape goal for PDS (nerfacto, then splats): every final silhouette nearer the target shape's true
+    one than the source's, with IoU against the target >= SHAPE_IOU_GOAL."""
+    lines = []
+    for label in ("pds", "pds-splat"):
+        if label in goals:
+            g = goals[label]
+            met = g["nearer_target"] == g["runs"] and g["target_iou_min"] >= SHAPE_IOU_GOAL
+            lines.append(f"- shape edits, {label}: the final silhouette is nearer the target shape's than the source's "
+                         f"in {g['nearer_target']} of {g['runs']} runs, IoU against the target at least "
+                         f"{g['target_iou_min']:.3f} (goal: all, >= {SHAPE_IOU_GOAL}): " + ("met" if met else "missed"))
+    return lines
+
+
 def side_by_side(path: Path, roots: list[Path], methods: list[str]) -> None:
-    """One row per edit (seed 0's first held-out view): scene image, source reconstruction, then each method
-    after stage 1 and after stage 2; tiles 2x."""
+    """One row per edit (seed 0's first held-out view): scene image, a shape edit's answer, source reconstruction,
+    then each method after stage 1 and after stage 2; tiles 2x."""
     from PIL import Image, ImageDraw
 
     rows = []
@@ -144,6 +232,8 @@ def side_by_side(path: Path, roots: list[Path], methods: list[str]) -> None:
         names = sorted(measures["train_views"] + measures["eval_views"])
         view = names.index((measures["eval_views"] or names)[0])
         columns = {"scene": renders["scene"][view]}
+        if any((r / "target_scene").is_dir() for r in roots):  # shape edits: their answer (white for colour edits)
+            columns["answer"] = renders["target"][view] if "target" in renders else np.full_like(columns["scene"], 255)
         columns.update({key: renders[key][view] for key in ("source", "source-splat") if key in renders})
         for method in methods:
             for stage, label in (("pds", "stage 1"), ("refinement", "stage 2")):

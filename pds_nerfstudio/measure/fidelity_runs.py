@@ -47,31 +47,51 @@ class RunRenderer:
         return np.stack([colours[n] for n in order]), np.stack([depths[n] for n in order])
 
 
-def view_measures(truth, colours: np.ndarray, depths: np.ndarray, source: tuple[np.ndarray, np.ndarray]) -> dict:
-    """Per-view measures of one scene's renders (views in `truth` order) against the source reconstruction's."""
+def view_measures(truth, colours: np.ndarray, depths: np.ndarray, source: tuple[np.ndarray, np.ndarray],
+                  target_truth=None) -> dict:  # fmt: skip
+    """Per-view measures of one scene's renders (views in `truth` order) against the source reconstruction's.
+
+    A shape edit's `target_truth` (its answer, the target scene) adds each view's silhouette IoU against the target
+    shape's true silhouette and against the source shape's, and how far it reads as the target shape; its colour is
+    then read on the target shape, and its background is outside both shapes."""
     from pds_nerfstudio.measure import fidelity_measures as fm
 
     out: dict[str, list] = {"colour": [], "depth_error": [], "depth_outliers": [], "background_psnr": [], "iou": []}
+    if target_truth is not None:
+        out |= {"target_shape_iou": [], "source_shape_iou": [], "shape": []}
     for i, view in enumerate(truth.views):
-        out["colour"].append(fm.read_colour(colours[i], view, truth.albedo))
+        answer = view if target_truth is None else target_truth.views[i]
+        out["colour"].append(fm.read_colour(colours[i], answer, truth.albedo))
         error, outliers = fm.depth_error(depths[i], source[1][i], fm.erode(view.mask), truth.geometry.extent)
         out["depth_error"].append(error)
         out["depth_outliers"].append(outliers)
-        out["background_psnr"].append(fm.psnr(colours[i], source[0][i], ~view.mask))
+        out["background_psnr"].append(fm.psnr(colours[i], source[0][i], ~(view.mask | answer.mask)))
         background = fm.background_distance(view.origin, view.dirs, truth.geometry)
+        outline = fm.silhouette(depths[i], background, truth.geometry.extent)
         reference = fm.silhouette(source[1][i], background, truth.geometry.extent)  # the source's own silhouette
-        out["iou"].append(fm.iou(fm.silhouette(depths[i], background, truth.geometry.extent), reference))
+        out["iou"].append(fm.iou(outline, reference))
+        if target_truth is not None:
+            for key, shape_view in (("target_shape_iou", answer), ("source_shape_iou", view)):
+                out[key].append(fm.iou(outline, fm.silhouette(shape_view.depth, background, truth.geometry.extent)))
+            out["shape"].append(fm.target_shape_fraction(colours[i], view.image, answer.image))
     return out
 
 
+def reads_as_target_shape(fractions: list[float | None]) -> float:
+    """Fraction of the views (where the shapes differ) that read as the target shape."""
+    seen = [f for f in fractions if f is not None]
+    return sum(f >= 0.5 for f in seen) / len(seen) if seen else 0.0
+
+
 def summarise(per_view: dict, names: list[str], all_names: list[str], target: str, source_colour: str) -> dict:
-    """Means over the views in `names` (a subset of `all_names`, the order of `per_view`)."""
+    """Means over the views in `names` (a subset of `all_names`, the order of `per_view`). The attribute of a shape
+    edit (its per-view measures hold "shape") is its shape; "source_colour_kept" is then the colour kept."""
     from pds_nerfstudio.measure import fidelity_measures as fm
 
     index = [all_names.index(n) for n in names]
     colours = [per_view["colour"][i] for i in index]
     psnrs = [per_view["background_psnr"][i] for i in index if math.isfinite(per_view["background_psnr"][i])]
-    return {
+    summary = {
         "attribute_success": fm.fraction_reading(colours, target),
         "source_colour_kept": fm.fraction_reading(colours, source_colour),
         "depth_error": float(np.mean([per_view["depth_error"][i] for i in index])),
@@ -80,11 +100,18 @@ def summarise(per_view: dict, names: list[str], all_names: list[str], target: st
         "silhouette_iou": float(np.mean([per_view["iou"][i] for i in index])),
         "colours": colours,
     }
+    if "shape" in per_view:
+        summary["attribute_success"] = reads_as_target_shape([per_view["shape"][i] for i in index])
+        for key in ("target_shape_iou", "source_shape_iou"):
+            summary[key] = float(np.mean([per_view[key][i] for i in index]))
+    return summary
 
 
-def iterations_to_edit(run_dir: Path, truth, target: str, change_view_every: int, first_step: int) -> int | None:
-    """The first stage-1 iteration (counted from 1) after which the object reads as the target colour in at least
-    90% of stage 1's own renders (its log panels) of its last EDIT_WINDOW_VIEWS views; None when that never happens."""
+def iterations_to_edit(run_dir: Path, truth, target: str, change_view_every: int, first_step: int,
+                       target_truth=None) -> int | None:  # fmt: skip
+    """The first stage-1 iteration (counted from 1) after which the object reads as the target colour (a shape edit,
+    `target_truth` given: as the target shape) in at least 90% of stage 1's own renders (its log panels) of its last
+    EDIT_WINDOW_VIEWS views; None when that never happens."""
     from PIL import Image
 
     from pds_nerfstudio.measure import fidelity_measures as fm
@@ -94,9 +121,15 @@ def iterations_to_edit(run_dir: Path, truth, target: str, change_view_every: int
     for panel in read_panels(run_dir):
         view = truth.view(panel.image_name)
         height, width = panel.render.shape[:2]
-        mask = np.asarray(Image.fromarray(view.mask).resize((width, height), Image.NEAREST))
-        small = fm.SceneView(view.name, panel.source, mask, view.depth, view.origin, view.dirs)
-        reads.append((panel.step, fm.read_colour(panel.render, small, truth.albedo)))
+        if target_truth is None:
+            mask = np.asarray(Image.fromarray(view.mask).resize((width, height), Image.NEAREST))
+            small = fm.SceneView(view.name, panel.source, mask, view.depth, view.origin, view.dirs)
+            reads.append((panel.step, fm.read_colour(panel.render, small, truth.albedo)))
+        else:
+            answer = resized(target_truth.view(panel.image_name).image, width, height)
+            fraction = fm.target_shape_fraction(panel.render, panel.source, answer)
+            reads.append((panel.step, "" if fraction is None else "target" if fraction >= 0.5 else "source"))
+    target = target if target_truth is None else "target"
     window = EDIT_WINDOW_VIEWS * change_view_every
     for position, (step, _) in enumerate(reads):
         recent = [colour for s, colour in reads[: position + 1] if s > step - window]
@@ -105,8 +138,20 @@ def iterations_to_edit(run_dir: Path, truth, target: str, change_view_every: int
     return None
 
 
-def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidance_scale: float = 7.5) -> float:
-    """Fraction of SAMPLE_VIEWS views into which the prior's own samples of the target caption read as its colour."""
+def resized(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """An image in [0, 1] resized (bilinear), as stage 1 resizes its renders."""
+    from PIL import Image
+
+    if image.shape[:2] == (height, width):
+        return image
+    pixels = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).resize((width, height), Image.BILINEAR)
+    return np.asarray(pixels, dtype=np.float64) / 255
+
+
+def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidance_scale: float = 7.5,
+                         target_truth=None) -> float:  # fmt: skip
+    """Fraction of SAMPLE_VIEWS views into which the prior's own samples of the target caption read as its colour;
+    for a shape edit (`target_truth` given) as its shape, sampled inside both shapes' masks."""
     import torch
 
     from pds_nerfstudio.measure import fidelity_measures as fm
@@ -117,8 +162,9 @@ def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidanc
     prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(prior_dir), dtype="fp32", device="cpu"))
     picks = np.linspace(0, len(truth.views) - 1, SAMPLE_VIEWS).round().astype(int)
     views = [truth.views[i] for i in picks]
+    answers = views if target_truth is None else [target_truth.views[i] for i in picks]
     images = torch.from_numpy(np.stack([v.image for v in views])).permute(0, 3, 1, 2).float()
-    masks = torch.from_numpy(np.stack([v.mask for v in views]))
+    masks = torch.from_numpy(np.stack([v.mask | a.mask for v, a in zip(views, answers)]))
     with torch.no_grad():
         latents = blended_samples(
             prior.encode(images), masks, prior.eps_fn(guidance_scale), prior.alphas_cumprod,
@@ -126,6 +172,9 @@ def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidanc
             generator=torch.Generator().manual_seed(seed), steps_offset=prior.ddim_settings["steps_offset"],
         )  # fmt: skip
         samples = prior.decode(latents).permute(0, 2, 3, 1).double().numpy()
+    if target_truth is not None:
+        return reads_as_target_shape([fm.target_shape_fraction(s, v.image, a.image)
+                                      for s, v, a in zip(samples, views, answers)])  # fmt: skip
     return fm.fraction_reading([fm.read_colour(s, v, truth.albedo) for s, v in zip(samples, views)], target.split()[0])
 
 
@@ -139,13 +188,16 @@ def measure_chain(root: Path) -> dict:
         settings["runs"], settings["stage_ends"] = settings["methods"], {"nerfacto": settings["stage_ends"]}
     chain = Chain(settings["source"], settings["target"], settings["seed"], root)
     truth = fm.load_scene_truth(chain.scene)
+    target_truth = fm.load_scene_truth(chain.target_scene) if chain.is_shape_edit else None
     target, source_colour = chain.target.split()[0], chain.source.split()[0]
     names = [v.name for v in truth.views]
     truth_images = np.stack([v.image for v in truth.views])
     truth_depths = np.stack([v.depth for v in truth.views])
-    result = {"chain": settings, "runs": {}, "source_vs_scene": {},
-              "prior_samples_read_as_target": prior_sample_success(Path(settings["prior"]), truth, chain.target, chain.seed)}
+    samples = prior_sample_success(Path(settings["prior"]), truth, chain.target, chain.seed, target_truth=target_truth)
+    result = {"chain": settings, "runs": {}, "source_vs_scene": {}, "prior_samples_read_as_target": samples}
     renders = {"scene": truth_images}
+    if target_truth is not None:
+        renders["target"] = np.stack([v.image for v in target_truth.views])
     sources = {}
     for kind in settings["stage_ends"]:
         renderer = RunRenderer(chain.reconstruction(kind) / "config.yml")
@@ -173,7 +225,7 @@ def measure_chain(root: Path) -> dict:
         measured = {}
         for stage in STAGES:
             stage_colours, stage_depths = renderer.render(ends[stage])
-            per_view = view_measures(truth, stage_colours, stage_depths, sources[kind])
+            per_view = view_measures(truth, stage_colours, stage_depths, sources[kind], target_truth)
             measured[stage] = {part: summarise(per_view, part_names, names, target, source_colour)
                                for part, part_names in (("train", train), ("eval", held_out))}  # fmt: skip
             renders[f"{label}/{stage}"] = stage_colours
@@ -183,7 +235,8 @@ def measure_chain(root: Path) -> dict:
                     *prompts_of(chain, settings.get("prompt_template", "a {}"))
                 )
         measured["iterations_to_edit"] = iterations_to_edit(
-            run_dir, truth, target, config["change_view_every"], caps["pds"] - config["pds_iterations"] + 1
+            run_dir, truth, target, config["change_view_every"], caps["pds"] - config["pds_iterations"] + 1,
+            target_truth,
         )
         measured["iterations"] = iterations
         result["runs"][label] = measured
