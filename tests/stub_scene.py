@@ -77,6 +77,12 @@ class DirectionColourScene(SceneAdapter):
     def render_still(self, cameras: Cameras, view: int) -> Float[Tensor, "height width 3"]:
         return self._render(cameras, view)
 
+    @torch.no_grad()
+    def render_surface(self, cameras: Cameras, view: int) -> Tuple[Tensor, Tensor]:
+        """Its colour, on a sphere of radius 1 around each camera (it has no geometry)."""
+        rgb = self._render(cameras, view)
+        return rgb, torch.ones(rgb.shape[:2])
+
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         return None if "_model.colour.weight" in pipeline_state else "it is not a direction-colour scene"
 

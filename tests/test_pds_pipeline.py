@@ -178,6 +178,8 @@ def test_prior_weights_stay_out_of_the_checkpoint(pipeline: EditPipeline) -> Non
         ({"max_step_ratio": 1.5}, "--pipeline.min-step-ratio"),
         ({"pds_iterations": -1}, "--pipeline.pds-iterations"),
         ({"render_scale": 0.0}, "--pipeline.render-scale"),
+        ({"edit_region": "auto", "method": "sds", "source_prompt": ""}, "--pipeline.edit-region auto needs the source"),
+        ({"edit_region": "auto", "edit_region_dilation": -1}, "--pipeline.edit-region-dilation"),
     ],
 )
 def test_bad_options_are_refused_before_the_scene_loads(

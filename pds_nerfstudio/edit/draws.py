@@ -28,6 +28,8 @@ class Stream(IntEnum):
     """Stage 2, per SDEdit step: its number of DDIM steps and its noise."""
     SDEDIT_ORDER = 2
     """Stage 2, per cycle over the training views: the order in which they are SDEdited."""
+    EDIT_REGION = 3
+    """Where stage 1 starts, per training view: the noises of its DiffEdit mask (`--pipeline.edit-region auto`)."""
 
 
 def generator(seed: int, stream: Stream, index: int) -> torch.Generator:

@@ -16,6 +16,7 @@ from nerfstudio.utils import writer
 from pds_nerfstudio.data.datamanager import EditableImages
 from pds_nerfstudio.edit import draws, log_panel
 from pds_nerfstudio.edit.live_settings import LiveSettings
+from pds_nerfstudio.edit.region_store import EditRegion
 from pds_nerfstudio.edit.stages import Stage, StageSchedule
 from pds_nerfstudio.guidance import GuidanceOutput, surrogate_loss
 from pds_nerfstudio.guidance.resizing import from_prior_output, to_prior_input
@@ -29,6 +30,7 @@ class PdsOptions(Protocol):
     seed: int
     pds_loss_mult: float
     log_every: int
+    edit_region_keep_mult: float
 
 
 class PdsStage:
@@ -49,6 +51,8 @@ class PdsStage:
         self._source_latents: Dict[Tuple[int, Tuple[int, int]], Tensor] = {}
         self._render_cameras: Optional[Tuple[float, Any]] = None  # (render_scale, cameras)
         self._probe: Optional[Tensor] = None
+        self.region: Optional[EditRegion] = None
+        """With an edit region, the guidance gradient of each view is weighted by the view's region."""
 
     def step(self, step: int, run_dir: Optional[Path]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], Dict[str, Any]]:
         """Outputs, losses and metrics of stage-1 step `step`; a log step also saves its panel under `run_dir`."""
@@ -56,6 +60,8 @@ class PdsStage:
         render = self.scene.render_view(self.render_cameras(), view)
         guidance_loss, result = self.guidance_loss(render.rgb, view, step)
         loss_dict = {"guidance_loss": guidance_loss, **render.losses}
+        if self.region is not None and self.config.edit_region_keep_mult > 0:
+            loss_dict["region_keep_loss"] = self.config.edit_region_keep_mult * self.region.keep_loss(view, render.rgb)
         # tensors, not floats: nerfstudio reads them only on logging steps, so no step waits for the GPU here
         metrics_dict = {"timestep": result.t[0].detach(), "view": float(view), "grad_norm": result.grad.detach().norm()}
         if self.is_log_step(step):
@@ -93,6 +99,9 @@ class PdsStage:
         live guidance at `view` and `step` (SPEC steps 2-7), and the surrogate loss that carries it (step 8)."""
         guidance, prior = self.live.guidance, self.prior()
         size = prior.input_size(*rgb.shape[:2])
+        if self.region is not None:  # the same image, whose pixels pass on the gradient in the share of the region
+            weight = self.region.pixel_weight(view, tuple(rgb.shape[:2])).to(rgb)[..., None]
+            rgb = weight * rgb + (1 - weight) * rgb.detach()
         x0_tgt = prior.encode(to_prior_input(rgb, size))
         x0_src = self.source_latent(view, size) if guidance.needs_source else None
         generator = draws.generator(self.config.seed, draws.Stream.GUIDANCE, step)

@@ -31,6 +31,7 @@ from pds_nerfstudio.data.scene_checks import validate_scene
 from pds_nerfstudio.edit.live_settings import LiveSettings
 from pds_nerfstudio.edit.pds_stage import PdsStage
 from pds_nerfstudio.edit.refinement_stage import RefinementStage
+from pds_nerfstudio.edit.region_store import EditRegion, EditRegionError, RegionStore, estimate_region
 from pds_nerfstudio.edit.render_store import RenderStore
 from pds_nerfstudio.edit.convergence import LossPlateau, RenderConvergence
 from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, STAGE_RUN_LENGTHS_KEY, Stage, StageSchedule
@@ -115,6 +116,22 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     convergence_min_iterations: int = 30
     """With stop-when-converged: stage 1 runs at least this many iterations (stage 2 runs until every training
     view has been refined once)."""
+    edit_region: Literal["off", "auto"] = "off"
+    """Where the edit may change the scene. `auto`: estimated where stage 1 starts from the prior itself (DiffEdit's
+    mask of every training image: where the source and target prompts' noise predictions differ), fused over the
+    views into one 3D region with the source scene's depth; stage 1 weights the guidance gradient by it and stage 2
+    keeps the source scene's render outside it. Written to run_dir/edit_region/. `off`: the whole image (the
+    authors')."""
+    edit_region_dilation: int = 1
+    """With edit-region auto: voxels by which the fused region grows (a shape edit that must grow past the object
+    needs 2 or more)."""
+    edit_region_keep_mult: float = 10.0
+    """With edit-region auto: weight of a stage-1 loss that keeps each render outside the region at the source
+    scene's render (squared colour distance, averaged over pixels; measured in docs/editing.md); 0: the guidance
+    alone, passed through the region."""
+    edit_region_resolution: int = 64
+    """With edit-region auto: voxels along each side of the region's grid (a cube around the masked points, half
+    their extent again on every side)."""
 
     @property
     def scene_kind(self) -> Type[SceneAdapter]:
@@ -151,6 +168,13 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
         if not 0.0 <= self.convergence_smoothing < 1.0:
             raise ValueError(f"{flag(OPTION_PREFIX, 'convergence_smoothing')} must be in [0, 1), "
                              f"got {self.convergence_smoothing}")  # fmt: skip
+        if self.edit_region == "auto" and not self.source_prompt.strip():
+            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region')} auto needs the source prompt: set "
+                             f"{flag(OPTION_PREFIX, 'source_prompt')} (the region is where it and the target differ)")
+        if self.edit_region_dilation < 0 or self.edit_region_resolution < 4 or self.edit_region_keep_mult < 0:
+            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_dilation')} and "
+                             f"{flag(OPTION_PREFIX, 'edit_region_keep_mult')} must be >= 0, and "
+                             f"{flag(OPTION_PREFIX, 'edit_region_resolution')} >= 4")  # fmt: skip
         if not 0.0 < self.render_scale <= 1.0:
             raise ValueError(f"{flag(OPTION_PREFIX, 'render_scale')} must be in (0, 1], got {self.render_scale}")
         if isinstance(self.datamanager.dataparser, NerfstudioDataParserConfig):  # other formats: their parser checks
@@ -195,6 +219,9 @@ class EditPipeline(VanillaPipeline):
         self.pds = PdsStage(config, self.live, self.scene, self.datamanager, self.prior, self.schedule, self.device)
         self.refinement = RefinementStage(config, self.live, self.datamanager, self.prior, self.schedule, self.device)
         self.renders = RenderStore(self.datamanager.train_dataparser_outputs.image_filenames)
+        self.region_store = RegionStore(self.datamanager.train_dataparser_outputs.image_filenames)
+        self.region: Optional[EditRegion] = None
+        """With edit-region auto: every training view's region and source render, once stage 1 (or 2) has begun."""
         self.run_dir: Optional[Path] = None
         """Where the run writes its logs and renders (set by the trainer); None: nowhere."""
         self._stage_shown: Optional[Stage] = None
@@ -251,6 +278,8 @@ class EditPipeline(VanillaPipeline):
         self._restore_random_states()
         stage = self.schedule.stage_at(step)
         self._show_stage(stage, step)
+        if stage in (Stage.PDS, Stage.REFINEMENT) and self.config.edit_region == "auto" and self.region is None:
+            self.use_region(self.edit_region(starts_edit=step == self.schedule.start(Stage.PDS)))
         if stage is Stage.PDS:
             return self.pds.step(step, self.run_dir)
         if stage is Stage.REFINEMENT:
@@ -259,6 +288,32 @@ class EditPipeline(VanillaPipeline):
                 self.refinement.begin(renders if renders is not None else self.render_training_views(Stage.PDS))
             self.refinement.step(step)
         return super().get_train_loss_dict(step)
+
+    def edit_region(self, starts_edit: bool) -> EditRegion:
+        """The run's edit region: this run's (or a resumed run's predecessor's, copied by `restore_edits`), else
+        estimated from the scene as it is (the source scene where the edit starts) and written with the run."""
+        region = self.region_store.read(self.run_dir)
+        if region is not None:
+            return region
+        if not starts_edit:
+            CONSOLE.print("[bold yellow]The edit region of the earlier run was not found: estimating it from the loaded "
+                          "scene, which the edit has already changed")  # fmt: skip
+        cameras = self.datamanager.train_dataset.cameras.to(self.device)
+        prompts = (self.live.guidance.source_prompt, self.live.guidance.target_prompt)
+        try:
+            region = estimate_region(self.scene, cameras, self.datamanager.original_image,
+                                     self.datamanager.num_train_images, self.prior(), prompts, self.config.seed,
+                                     self.config.edit_region_resolution, self.config.edit_region_dilation)  # fmt: skip
+        except ValueError as error:
+            raise EditRegionError(f"{flag(OPTION_PREFIX, 'edit_region')} auto: {error} between {prompts[0]!r} and "
+                                  f"{prompts[1]!r}; name the part to change in the target prompt, or use "
+                                  f"{flag(OPTION_PREFIX, 'edit_region')} off") from None  # fmt: skip
+        self.region_store.write(self.run_dir, region)
+        return region
+
+    def use_region(self, region: Optional[EditRegion]) -> None:
+        """Stage 1 weights its guidance by `region`, and stage 2 keeps the source outside it (None: everywhere)."""
+        self.region = self.pds.region = self.refinement.region = region
 
     def gradient_norm(self) -> float:
         """Norm of the gradients that the last back-propagation left on the scene's trainable parameters."""
@@ -349,6 +404,11 @@ class EditPipeline(VanillaPipeline):
         """Makes the training images what they were when a killed run reached `start_step`; returns how many
         SDEdits were replayed (:meth:`RefinementStage.replay`). The stage-1 renders come from the earlier run's
         renders/pds/ folder, and are written to this run's for the next resume."""
+        if self.config.edit_region == "auto" and start_step >= self.schedule.start(Stage.PDS):
+            region = self.region_store.read(previous_run)
+            if region is not None:  # the same region as the killed run, kept with this run too
+                self.region_store.write(self.run_dir, region)
+                self.use_region(region)
         if not self.schedule.start(Stage.REFINEMENT) <= start_step < self.schedule.total:
             return 0
         renders = self.renders.read(previous_run, Stage.PDS)

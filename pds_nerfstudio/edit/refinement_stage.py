@@ -18,6 +18,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from pds_nerfstudio.data.datamanager import EditableImages
 from pds_nerfstudio.edit import draws
 from pds_nerfstudio.edit.live_settings import LiveSettings
+from pds_nerfstudio.edit.region_store import EditRegion
 from pds_nerfstudio.edit.stages import Stage, StageSchedule
 from pds_nerfstudio.guidance import sample_sdedit_steps, sdedit
 from pds_nerfstudio.guidance.resizing import from_prior_output, to_prior_input
@@ -51,6 +52,8 @@ class RefinementStage:
         self.prior, self.schedule, self.device = prior, schedule, device
         self.stage1_renders: Optional[Float[Tensor, "num_images height width 3"]] = None
         """What stage 2 trains on and SDEdits: every training view's render at the end of stage 1."""
+        self.region: Optional[EditRegion] = None
+        """With an edit region, every image stage 2 trains on is the source scene's render outside it."""
 
     def begin(self, renders: Float[Tensor, "num_images height width 3"]) -> None:
         """Stage 2 trains on the stage-1 renders of every training view (the authors train their refinement on
@@ -119,6 +122,8 @@ class RefinementStage:
         return len(last_step_of_view)
 
     def _set_training_image(self, view: int, image: Float[Tensor, "height width 3"]) -> None:
+        if self.region is not None:
+            image = self.region.composite(view, image)
         current = self.datamanager.current_image(view)
         if current.shape[-1] == 4:  # RGBA training images: a render is the whole picture, background included
             image = torch.cat([image.to(current), torch.ones_like(current[..., 3:])], dim=-1)

@@ -26,6 +26,7 @@ from nerfstudio.utils.decorators import check_main_thread
 from nerfstudio.utils.rich_utils import CONSOLE
 
 from pds_nerfstudio.edit.pipeline import EditPipeline
+from pds_nerfstudio.edit.region_store import EditRegionError
 from pds_nerfstudio.prior.stable_diffusion import PriorLoadError
 from pds_nerfstudio.edit.stages import Stage, is_finished_edit, stored_run_lengths, stored_stage_lengths
 from pds_nerfstudio.edit.stall import StallDetector
@@ -255,7 +256,7 @@ class PDSTrainer(Trainer):
                 f"To use less: {self.pipeline.scene.memory_options}. The last checkpoint is intact: "
                 "resume with --load-dir"
             ) from None
-        except NonFiniteTrainingError as error:
+        except (NonFiniteTrainingError, EditRegionError) as error:
             raise SystemExit(f"error: {error}") from None
         ended = self.pipeline.end_stage_if_converged(step, result[0])
         if ended is not None:

@@ -57,6 +57,19 @@ def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str
     return "\n".join([*lines, *edit_rows(results, methods), *source_lines(results), "", args_text]), goals
 
 
+def success_cells(runs: list[dict]) -> str:
+    """The first cells of a method's row: reads as target after stage 1 and after stage 2 (train / held-out), and
+    iterations-to-edit (median; how many never reached it)."""
+    cells = []
+    for stage in ("pds", "refinement"):
+        stages = [x[stage] for x in runs]
+        cells.append(f"{spread([x['train']['attribute_success'] for x in stages], True)} / "
+                     f"{spread([x['eval']['attribute_success'] for x in stages], True)}")  # fmt: skip
+    reached = [x["iterations_to_edit"] for x in runs if x["iterations_to_edit"] is not None]
+    median = f"{int(np.median(reached))}" if reached else "never"
+    return " | ".join([*cells, f"{median}; {len(runs) - len(reached)} of {len(runs)}"])
+
+
 def shape_table(results: list[dict], methods: list[str]) -> tuple[list[str], dict]:
     """The shape edits' table: reads as the target shape, the silhouette's IoU against the target and the source
     shapes' true silhouettes, the colour kept and the background (after stage 2, training views unless named)."""
@@ -71,13 +84,8 @@ def shape_table(results: list[dict], methods: list[str]) -> tuple[list[str], dic
         if not r:
             continue
         s1, s2 = [x["pds"] for x in r], [x["refinement"] for x in r]
-        reached = [x["iterations_to_edit"] for x in r if x["iterations_to_edit"] is not None]
-        median = f"{int(np.median(reached))}" if reached else "never"
         lines.append(
-            f"| {method} | {spread([x['train']['attribute_success'] for x in s1], True)} / "
-            f"{spread([x['eval']['attribute_success'] for x in s1], True)} | "
-            f"{spread([x['train']['attribute_success'] for x in s2], True)} / "
-            f"{spread([x['eval']['attribute_success'] for x in s2], True)} | {median}; {len(r) - len(reached)} of {len(r)} | "
+            f"| {method} | {success_cells(r)} | "
             f"{spread([x['train']['target_shape_iou'] for x in s2], digits=3)} / "
             f"{spread([x['train']['source_shape_iou'] for x in s2], digits=3)} | "
             f"{spread([x['train']['source_colour_kept'] for x in s2], True)} | "
@@ -111,13 +119,8 @@ def colour_table(results: list[dict], methods: list[str]) -> tuple[list[str], di
             continue
         s1 = [x["pds"] for x in r]
         s2 = [x["refinement"] for x in r]
-        reached = [x["iterations_to_edit"] for x in r if x["iterations_to_edit"] is not None]
-        median = f"{int(np.median(reached))}" if reached else "never"
         lines.append(
-            f"| {method} | {spread([x['train']['attribute_success'] for x in s1], True)} / "
-            f"{spread([x['eval']['attribute_success'] for x in s1], True)} | "
-            f"{spread([x['train']['attribute_success'] for x in s2], True)} / "
-            f"{spread([x['eval']['attribute_success'] for x in s2], True)} | {median}; {len(r) - len(reached)} of {len(r)} | "
+            f"| {method} | {success_cells(r)} | "
             f"{spread([100 * x['train']['depth_error'] for x in s2])} | "
             f"{spread([x['train']['depth_outliers'] for x in s2], True)} | "
             f"{np.mean([x['train']['silhouette_iou'] for x in s2]):.3f} | "

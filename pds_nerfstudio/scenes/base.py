@@ -9,7 +9,8 @@ once, in :class:`pds_nerfstudio.edit.pipeline.EditPipeline`. A scene adapter ans
 
 - render one training view whole, with gradient (stage 1): :meth:`SceneAdapter.render_view`;
 - render one view without gradient, as `ns-render` does (every training view at the end of a stage, the
-  stall probe): :meth:`SceneAdapter.render_still`;
+  stall probe): :meth:`SceneAdapter.render_still`, and with its depth (the edit region):
+  :meth:`SceneAdapter.render_surface`;
 - which parameters the edit stages freeze, and what else changes where the edit starts:
   :meth:`SceneAdapter.begin_edit`;
 - whether a checkpoint of another method is a starting scene of this kind: :meth:`SceneAdapter.starting_scene_problem`,
@@ -48,6 +49,10 @@ class SceneRender:
     losses: Dict[str, Float[Tensor, ""]] = field(default_factory=dict)
 
 
+SurfaceRender = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width"]]
+"""A still render's colour and each pixel's ray depth (distance along its unit ray)."""
+
+
 @dataclass
 class SceneConfig(InstantiateConfig):
     """A scene kind's own options for the edit stages; `setup(model=...)` builds its adapter around the model."""
@@ -77,6 +82,11 @@ class SceneAdapter(ABC):
     @abstractmethod
     def render_still(self, cameras: Cameras, view: int) -> Float[Tensor, "height width 3"]:
         """Every pixel of `cameras[view]`, without gradient, in evaluation mode (as `ns-render` renders it)."""
+
+    @abstractmethod
+    def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
+        """`render_still`'s colour and each pixel's distance along its (unit) ray to the surface, in the scene's
+        coordinates: where the edit region (`pds_nerfstudio.edit.edit_region`) back-projects the views."""
 
     def begin_edit(self) -> List[torch.nn.Parameter]:
         """Prepares the scene for the edit stages and returns the parameters they must not train. Idempotent.

@@ -15,7 +15,7 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from pds_nerfstudio.fast.fast_encoding import FastEncoding, accelerate_hash_encodings
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender, freeze
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender, SurfaceRender, freeze
 from pds_nerfstudio.scenes.nerfacto_render import render_view
 
 APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
@@ -51,12 +51,20 @@ class NerfactoScene(SceneAdapter):
 
     @torch.no_grad()
     def render_still(self, cameras: Cameras, view: int) -> Float[Tensor, "height width 3"]:
+        return self._still_outputs(cameras, view)["rgb"]
+
+    @torch.no_grad()
+    def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
+        outputs = self._still_outputs(cameras, view)  # nerfacto's depth: expected distance along the unit ray
+        return outputs["rgb"], outputs["depth"][..., 0]
+
+    def _still_outputs(self, cameras: Cameras, view: int) -> Dict[str, Tensor]:
         was_training = self.model.training
         self.model.eval()
         rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
-        rgb = self.model.get_outputs_for_camera_ray_bundle(rays)["rgb"]
+        outputs = self.model.get_outputs_for_camera_ray_bundle(rays)
         self.model.train(was_training)
-        return rgb
+        return outputs
 
     def begin_edit(self) -> List[torch.nn.Parameter]:
         """Freezes the camera poses and, when the scene has per-view appearance codes (stock `ns-train nerfacto`),

@@ -23,7 +23,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender, SurfaceRender
 from pds_nerfstudio.scenes.nerfacto_offline import lpips_deferred
 from pds_nerfstudio.scenes.rasterizer import rasterization
 
@@ -110,12 +110,23 @@ class SplatfactoScene(SceneAdapter):
 
     @torch.no_grad()
     def render_still(self, cameras: Cameras, view: int) -> Float[Tensor, "height width 3"]:
+        return self._still_outputs(cameras, view)["rgb"]
+
+    @torch.no_grad()
+    def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
+        outputs = self._still_outputs(cameras, view)
+        # splatfacto's depth is gsplat's expected depth ("ED"): camera-space z, not the distance along the ray
+        directions = cameras.generate_rays(camera_indices=view, keep_shape=True).directions.to(outputs["depth"])
+        forward = -cameras.camera_to_worlds[view, :3, 2].to(directions)
+        return outputs["rgb"], outputs["depth"][..., 0] / (directions @ forward).clamp_min(1e-6)
+
+    def _still_outputs(self, cameras: Cameras, view: int) -> Dict[str, Tensor]:
         was_training, info = self.model.training, getattr(self.model, "info", None)
         self.model.eval()
-        rgb = self.model.get_outputs_for_camera(cameras[view : view + 1])["rgb"]
+        outputs = self.model.get_outputs_for_camera(cameras[view : view + 1])
         self.model.train(was_training)
         self.model.info = info  # densification reads the last training render's screen-space gradients
-        return rgb
+        return outputs
 
     def begin_edit(self) -> List[torch.nn.Parameter]:
         """Freezes the camera poses; renders at full resolution from here on (splatfacto's coarse-to-fine schedule

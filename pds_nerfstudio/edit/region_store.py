@@ -1,0 +1,145 @@
+"""The edit region of a run (`--pipeline.edit-region auto`): estimated once, where stage 1 starts, from the source
+scene and the prior; written with the run and read back by a resumed run, which must see the same region.
+
+Each training image's DiffEdit map (:func:`pds_nerfstudio.guidance.edit_mask.diffedit_maps`, the source and target
+prompts) is fused over the views in 3D with the source scene's depth (:func:`pds_nerfstudio.edit.edit_region.fuse`),
+and the fused region is rendered back into every training view. Written under the run directory:
+
+- `edit_region/<image name>.png`: each training view's region (8-bit grey: 255 edits freely, 0 keeps the source);
+- `edit_region/region.pt`: the 3D grid (any camera's region is its lookup at the camera's surface points);
+- `renders/reconstruction/<image name>.png`: the source scene's render of each view, which stage 2 keeps outside
+  the region.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from PIL import Image
+from torch import Tensor
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.utils.rich_utils import get_progress
+
+from pds_nerfstudio.edit import draws
+from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, surface_points
+from pds_nerfstudio.guidance.edit_mask import DiffEditSettings, diffedit_maps
+from pds_nerfstudio.guidance.resizing import to_prior_input
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior
+from pds_nerfstudio.scenes.base import SceneAdapter
+
+REGION_FOLDER = "edit_region"
+
+
+class EditRegionError(RuntimeError):
+    """The prior finds nothing to edit; the message names the fix (the trainer prints it as one error line)."""
+
+
+@dataclass
+class EditRegion:
+    """Every training view's region in [0, 1] (views in dataset order) and the source scene's renders of them."""
+
+    views: Float[Tensor, "num_images height width"]
+    source_renders: Float[Tensor, "num_images height width 3"]
+    grid: Optional[RegionGrid] = None
+
+    def composite(self, view: int, edited: Float[Tensor, "height width 3"]) -> Float[Tensor, "height width 3"]:
+        """`edited` inside view `view`'s region, the source scene's render outside it (soft at the edge)."""
+        weight = self.views[view].to(edited)[..., None]
+        return weight * edited + (1 - weight) * self.source_renders[view].to(edited)
+
+    def keep_loss(self, view: int, rgb: Float[Tensor, "height width 3"]) -> Float[Tensor, ""]:
+        """Squared distance of a render of view `view` (any resolution) to the source scene's render outside the
+        region, summed over channels and averaged over pixels: what anchors the scene outside the region while
+        stage 1's guidance, weighted by the region, moves what is inside it."""
+        size = tuple(rgb.shape[:2])
+        outside = 1 - self.pixel_weight(view, size).to(rgb)
+        source = self.source_renders[view].permute(2, 0, 1)[None].float()
+        source = F.interpolate(source, size=size, mode="area")[0].permute(1, 2, 0).to(rgb)
+        return (outside[..., None] * (rgb - source) ** 2).sum(-1).mean()
+
+    def pixel_weight(self, view: int, size: tuple[int, int]) -> Float[Tensor, "height width"]:
+        """View `view`'s region at `size` (a render's resolution; the area average when it is smaller)."""
+        weight = self.views[view].float()
+        if tuple(weight.shape) == size:
+            return weight
+        return F.interpolate(weight[None, None], size=size, mode="area")[0, 0]
+
+
+def quantised(values: Tensor) -> Tensor:
+    """What the 8-bit PNGs hold, so that a resumed run sees the same values."""
+    return (values.clamp(0, 1) * 255).round() / 255
+
+
+def estimate_region(
+    scene: SceneAdapter,
+    cameras: Cameras,
+    images: Callable[[int], Float[Tensor, "height width 3"]],
+    num_views: int,
+    prior: DiffusionPrior,
+    prompts: tuple[str, str],
+    seed: int,
+    resolution: int,
+    dilation: int,
+    settings: DiffEditSettings = DiffEditSettings(),
+) -> EditRegion:
+    """The fused region of the training views `images(view)` seen by `cameras`, with the source scene `scene` as it
+    is now (call it before the edit changes it). Raises ValueError when the prior finds nothing to edit."""
+    cond = [prior.text_embeddings([prompt]) for prompt in prompts]
+    masks, points, renders = [], [], []
+    with get_progress("Estimating the edit region (DiffEdit masks of every training view)") as progress:
+        for view in progress.track(range(num_views)):
+            image = images(view)[..., :3].to(prior.device)
+            height, width = image.shape[:2]
+            generator = draws.generator(seed, draws.Stream.EDIT_REGION, view)
+            with torch.no_grad():
+                latents = prior.encode(to_prior_input(image, prior.input_size(height, width)))
+                maps = diffedit_maps(latents, prior.eps_fn(settings.guidance_scale), prior.alphas_cumprod, cond[0],
+                                     cond[1], settings, generator, steps_offset=prior.ddim_settings["steps_offset"])  # fmt: skip
+            masks.append(F.interpolate(maps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0].cpu())
+            rgb, depth = scene.render_surface(cameras, view)
+            rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
+            points.append(surface_points(rays.origins.cpu(), rays.directions.cpu(), depth.cpu().float()))
+            renders.append(rgb.cpu())
+    stacked_points = torch.stack(points)
+    grid = fuse(stacked_points, torch.stack(masks), resolution=resolution, dilation=dilation)
+    return EditRegion(quantised(grid.lookup(stacked_points)), quantised(torch.stack(renders)), grid)
+
+
+class RegionStore:
+    """Writes and reads a run's edit region for the training images `image_filenames`."""
+
+    def __init__(self, image_filenames: Sequence[Path]) -> None:
+        self.image_names = [Path(name).stem for name in image_filenames]
+
+    def write(self, run_dir: Optional[Path], region: EditRegion) -> None:
+        if run_dir is None:
+            return
+        folder, renders = run_dir / REGION_FOLDER, run_dir / "renders" / "reconstruction"
+        folder.mkdir(parents=True, exist_ok=True)
+        renders.mkdir(parents=True, exist_ok=True)
+        for name, weight, render in zip(self.image_names, region.views, region.source_renders):
+            Image.fromarray(np.round(weight.numpy() * 255).astype(np.uint8)).save(folder / f"{name}.png")
+            Image.fromarray(np.round(render.numpy() * 255).astype(np.uint8)).save(renders / f"{name}.png")
+        if region.grid is not None:
+            torch.save(region.grid.state(), folder / "region.pt")
+
+    def read(self, run_dir: Optional[Path]) -> Optional[EditRegion]:
+        """The region the run in `run_dir` wrote; None when any of its files is missing."""
+        if run_dir is None:
+            return None
+        folder, renders = run_dir / REGION_FOLDER, run_dir / "renders" / "reconstruction"
+        paths = [(folder / f"{n}.png", renders / f"{n}.png") for n in self.image_names]
+        if not all(a.is_file() and b.is_file() for a, b in paths):
+            return None
+        views = [np.asarray(Image.open(a).convert("L"), dtype=np.float32) / 255 for a, _ in paths]
+        colours = [np.asarray(Image.open(b).convert("RGB"), dtype=np.float32) / 255 for _, b in paths]
+        grid_path = folder / "region.pt"
+        grid = RegionGrid.from_state(torch.load(grid_path, map_location="cpu")) if grid_path.is_file() else None
+        return EditRegion(torch.from_numpy(np.stack(views)), torch.from_numpy(np.stack(colours)), grid)

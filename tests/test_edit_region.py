@@ -1,0 +1,155 @@
+"""The edit region (`--pipeline.edit-region auto`): per-view masks fused in 3D with depth
+(pds_nerfstudio/edit/edit_region.py), held to a procedural scene whose object is known; and the pipeline that
+estimates it where stage 1 starts, weights stage 1's guidance by it and keeps the source outside it in stage 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_pds_config
+from PIL import Image
+
+from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, inlier_box, surface_points
+from pds_nerfstudio.edit.region_store import EditRegion
+from pds_nerfstudio.edit.stages import Stage
+from pds_nerfstudio.measure import fidelity_measures as fm
+from pds_nerfstudio.synthetic.procedural_scene import make_scene
+
+
+@pytest.fixture(scope="module")
+def sphere(tmp_path_factory: pytest.TempPathFactory) -> fm.SceneTruth:
+    return fm.load_scene_truth(make_scene(tmp_path_factory.mktemp("region") / "scene", size=48, num_views=12,
+                                          objects=("red sphere",), seed=1).out_dir)  # fmt: skip
+
+
+def _points(truth: fm.SceneTruth) -> torch.Tensor:
+    return torch.stack([
+        surface_points(torch.from_numpy(v.origin).float().expand(*v.depth.shape, 3), torch.from_numpy(v.dirs).float(),
+                       torch.from_numpy(np.where(np.isfinite(v.depth), v.depth, 1e3)).float())
+        for v in truth.views
+    ])  # fmt: skip
+
+
+def test_the_fused_region_of_some_views_is_the_object_in_every_view(sphere: fm.SceneTruth) -> None:
+    points = _points(sphere)
+    masks = torch.from_numpy(np.stack([v.mask for v in sphere.views])).float()
+    train = [i for i in range(12) if i % 4 != 3]  # 9 views fuse; 3 are never seen by the fusion
+    masks_with_sky = masks.clone()
+    masks_with_sky[train, 0, :] = 1.0  # a mask that spills onto the sky (depth 1000) must not size the grid
+    grid = fuse(points[train], masks_with_sky[train], dilation=1)
+    region = grid.lookup(points).numpy() > 0.5
+    for i, view in enumerate(sphere.views):
+        assert fm.iou(region[i], view.mask) > 0.8, (i, fm.iou(region[i], view.mask))
+    wider = fuse(points[train], masks[train], dilation=8).lookup(points).numpy() > 0.5
+    assert (wider >= region).all() and wider.sum() > region.sum()  # dilation only grows the region
+    with pytest.raises(ValueError, match="nothing to edit"):
+        fuse(points, torch.zeros_like(masks))
+
+
+def test_a_region_grid_is_zero_outside_its_box_and_round_trips() -> None:
+    grid = RegionGrid(torch.zeros(3), torch.ones(3), torch.ones(8, 8, 8))
+    inside, outside = torch.tensor([[0.5, 0.5, 0.5]]), torch.tensor([[2.0, 0.5, 0.5]])
+    assert grid.lookup(inside).item() == pytest.approx(1.0) and grid.lookup(outside).item() == 0.0
+    values = torch.zeros(8, 8, 8)
+    values[7, 0, 0] = 1.0  # the voxel at high x, low y and z
+    corner = RegionGrid(torch.zeros(3), torch.ones(3), values)
+    assert corner.lookup(torch.tensor([[15 / 16, 1 / 16, 1 / 16]])).item() == pytest.approx(1.0)
+    assert corner.lookup(torch.tensor([[1 / 16, 1 / 16, 15 / 16]])).item() == 0.0
+    again = RegionGrid.from_state(corner.state())
+    assert torch.equal(again.values, corner.values) and torch.equal(again.lower, corner.lower)
+    points = torch.cat([torch.rand(200, 3), torch.tensor([[500.0, 0.5, 0.5]])])
+    low, high = inlier_box(points)
+    assert (high <= 1.0).all() and (low >= 0.0).all()  # the far point is left out
+
+
+@pytest.fixture()
+def pipeline(tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path):
+    torch.manual_seed(0)
+    pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region="auto").setup(device="cpu", test_mode="val")
+    pipeline.train()
+    pipeline.run_dir = tmp_path / "run"
+    return pipeline
+
+
+def test_stage1_estimates_writes_and_uses_the_region(pipeline) -> None:
+    step = pipeline.schedule.start(Stage.PDS)
+    pipeline.get_train_loss_dict(step)
+    region, run = pipeline.region, pipeline.run_dir
+    count = pipeline.datamanager.num_train_images
+    assert region is not None and region.views.shape == (count, 32, 32) and region.source_renders.shape == (count, 32, 32, 3)
+    assert 0 <= float(region.views.min()) and float(region.views.max()) <= 1
+    names = [Path(n).stem for n in pipeline.datamanager.train_dataparser_outputs.image_filenames]
+    for name, weight in zip(names, region.views):
+        written = np.asarray(Image.open(run / "edit_region" / f"{name}.png"), dtype=np.float32) / 255
+        np.testing.assert_allclose(written, weight.numpy(), atol=1e-6)
+        assert (run / "renders" / "reconstruction" / f"{name}.png").is_file()
+    assert (run / "edit_region" / "region.pt").is_file()
+    again = pipeline.region_store.read(run)  # what a resumed run reads: the same region
+    assert torch.equal(again.views, region.views) and torch.equal(again.source_renders, region.source_renders)
+
+
+def test_no_guidance_reaches_the_scene_outside_the_region(pipeline) -> None:
+    step = pipeline.schedule.start(Stage.PDS)
+    count = pipeline.datamanager.num_train_images
+    renders = torch.rand(count, 32, 32, 3)
+    pipeline.use_region(EditRegion(torch.zeros(count, 32, 32), renders))
+    pipeline.zero_grad()
+    _, losses, metrics = pipeline.get_train_loss_dict(step)
+    losses["guidance_loss"].backward()
+    assert float(metrics["grad_norm"]) > 0.0  # the prior still pulls the image ...
+    assert pipeline.gradient_norm() == 0.0  # ... but none of it reaches the scene
+    half = torch.zeros(count, 32, 32)
+    half[:, :, :16] = 1.0
+    pipeline.use_region(EditRegion(half, renders))
+    pipeline.zero_grad()
+    _, losses, _ = pipeline.get_train_loss_dict(step)
+    losses["guidance_loss"].backward()
+    assert pipeline.gradient_norm() > 0.0
+
+
+def test_stage2_keeps_the_source_render_outside_the_region(pipeline) -> None:
+    count = pipeline.datamanager.num_train_images
+    source = torch.rand(count, 32, 32, 3)
+    half = torch.zeros(count, 32, 32)
+    half[:, :, :16] = 1.0
+    pipeline.use_region(EditRegion(half, source))
+    start = pipeline.schedule.start(Stage.REFINEMENT)
+    for step in range(start, start + 3 * pipeline.config.sdedit_every):
+        pipeline.get_train_loss_dict(step)
+    for view in range(count):
+        image = pipeline.datamanager.current_image(view)[..., :3]
+        torch.testing.assert_close(image[:, 16:], source[view, :, 16:], rtol=0, atol=1e-6)  # outside: the source
+        stage1 = pipeline.refinement.stage1_renders[view]
+        if view not in [pipeline.refinement.sdedit_view(start + k * pipeline.config.sdedit_every) for k in range(3)]:
+            torch.testing.assert_close(image[:, :16], stage1[:, :16].to(image), rtol=0, atol=1e-6)  # inside: the edit
+
+
+def test_prompts_that_agree_everywhere_stop_the_edit_with_one_error_line(tiny_scene: Path, tiny_prior_dir: Path) -> None:
+    from pds_nerfstudio.edit.region_store import EditRegionError
+
+    pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region="auto", target_prompt="a red sphere").setup(
+        device="cpu", test_mode="val")  # fmt: skip
+    with pytest.raises(EditRegionError, match="the prior finds nothing to edit between 'a red sphere' and 'a red sphere'"):
+        pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
+
+
+def test_the_keep_loss_holds_the_outside_at_the_source_render(pipeline) -> None:
+    inside, source = torch.zeros(1, 4, 4), torch.zeros(1, 4, 4, 3)
+    inside[0, :2] = 1.0  # the top half is the region
+    region = EditRegion(inside, source)
+    rgb = torch.full((4, 4, 3), 0.5)
+    assert float(region.keep_loss(0, rgb)) == pytest.approx(0.5 * 3 * 0.25)  # half the pixels, 3 channels of 0.5^2
+    assert float(region.keep_loss(0, torch.nn.functional.pad(rgb[2:], (0, 0, 0, 0, 0, 2)))) == 0.0  # outside at source
+    torch.testing.assert_close(region.pixel_weight(0, (2, 2)), torch.tensor([[1.0, 1.0], [0.0, 0.0]]))  # area average
+
+    step = pipeline.schedule.start(Stage.PDS)
+    count = pipeline.datamanager.num_train_images
+    pipeline.use_region(EditRegion(torch.zeros(count, 32, 32), torch.rand(count, 32, 32, 3)))
+    pipeline.zero_grad()
+    _, losses, _ = pipeline.get_train_loss_dict(step)
+    assert set(losses) == {"guidance_loss", "region_keep_loss"} and float(losses["region_keep_loss"]) > 0
+    losses["region_keep_loss"].backward()
+    assert pipeline.gradient_norm() > 0.0  # the outside is pulled towards the source render
