@@ -123,8 +123,8 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     keeps the source scene's render outside it. Written to run_dir/edit_region/. `off`: the whole image (the
     authors')."""
     edit_region_dilation: int = 1
-    """With edit-region auto: voxels by which the fused region grows (a shape edit that must grow past the object
-    needs 2 or more)."""
+    """With edit-region auto: voxels by which the fused region grows (not yet enough for a shape to grow past the
+    object: docs/editing.md)."""
     edit_region_keep_mult: float = 10.0
     """With edit-region auto: weight of a stage-1 loss that keeps each render outside the region at the source
     scene's render (squared colour distance, averaged over pixels; measured in docs/editing.md); 0: the guidance
