@@ -5,6 +5,7 @@ estimates it where stage 1 starts, weights stage 1's guidance by it and keeps th
 from __future__ import annotations
 
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -153,3 +154,32 @@ def test_the_keep_loss_holds_the_outside_at_the_source_render(pipeline) -> None:
     assert set(losses) == {"guidance_loss", "region_keep_loss"} and float(losses["region_keep_loss"]) > 0
     losses["region_keep_loss"].backward()
     assert pipeline.gradient_norm() > 0.0  # the outside is pulled towards the source render
+
+
+def test_a_users_masks_replace_the_priors_and_a_missing_one_is_named(tiny_scene: Path, tiny_prior_dir: Path,
+                                                                       tmp_path: Path) -> None:  # fmt: skip
+    from pds_nerfstudio.edit.region_store import EditRegionError
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for path in sorted((tiny_scene / "masks").glob("*.png")):  # the scene's object labels, as white on black
+        labels = np.asarray(Image.open(path))
+        Image.fromarray(np.where(labels > 0, 255, 0).astype(np.uint8)).save(masks / path.name)
+    pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region="auto", edit_region_masks=masks).setup(
+        device="cpu", test_mode="val")  # fmt: skip
+    pipeline.run_dir = tmp_path / "run"
+    with mock.patch.object(pipeline, "prior", side_effect=AssertionError("the prior's masks were asked for")):
+        region = pipeline.edit_region(starts_edit=True)
+    assert region.views.shape[0] == pipeline.datamanager.num_train_images and float(region.views.max()) > 0.5
+    assert (pipeline.run_dir / "edit_region" / "region.pt").is_file()
+
+    first = sorted(masks.iterdir())[0]
+    first.unlink()
+    again = tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region="auto", edit_region_masks=masks).setup(
+        device="cpu", test_mode="val")  # fmt: skip
+    with pytest.raises(EditRegionError, match=f"has no mask for 1 of the .* training images \\({first.stem}\\)"):
+        again.edit_region(starts_edit=True)
+    with pytest.raises(ValueError, match="--pipeline.edit-region-masks .* is not a folder"):
+        tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region="auto", edit_region_masks=tmp_path / "none").validate()
+    with pytest.raises(ValueError, match="--pipeline.edit-region-masks needs --pipeline.edit-region auto"):
+        tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region_masks=masks).validate()

@@ -31,7 +31,14 @@ from pds_nerfstudio.data.scene_checks import validate_scene
 from pds_nerfstudio.edit.live_settings import LiveSettings
 from pds_nerfstudio.edit.pds_stage import PdsStage
 from pds_nerfstudio.edit.refinement_stage import RefinementStage
-from pds_nerfstudio.edit.region_store import EditRegion, EditRegionError, RegionStore, estimate_region
+from pds_nerfstudio.edit.region_store import (
+    EditRegion,
+    EditRegionError,
+    RegionStore,
+    diffedit_masks,
+    estimate_region,
+    folder_masks,
+)
 from pds_nerfstudio.edit.render_store import RenderStore
 from pds_nerfstudio.edit.convergence import LossPlateau, RenderConvergence
 from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, STAGE_RUN_LENGTHS_KEY, Stage, StageSchedule
@@ -129,6 +136,9 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     """With edit-region auto: weight of a stage-1 loss that keeps each render outside the region at the source
     scene's render (squared colour distance, averaged over pixels; measured in docs/editing.md); 0: the guidance
     alone, passed through the region."""
+    edit_region_masks: Optional[Path] = None
+    """With edit-region auto: a folder of your own masks, one image per training image named as it (white edits,
+    black keeps), used instead of the prior's DiffEdit masks; they are fused over the views in the same way."""
     edit_region_resolution: int = 64
     """With edit-region auto: voxels along each side of the region's grid (a cube around the masked points, half
     their extent again on every side)."""
@@ -168,7 +178,11 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
         if not 0.0 <= self.convergence_smoothing < 1.0:
             raise ValueError(f"{flag(OPTION_PREFIX, 'convergence_smoothing')} must be in [0, 1), "
                              f"got {self.convergence_smoothing}")  # fmt: skip
-        if self.edit_region == "auto" and not self.source_prompt.strip():
+        if self.edit_region_masks is not None and not Path(self.edit_region_masks).is_dir():
+            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_masks')} {self.edit_region_masks} is not a folder")
+        if self.edit_region_masks is not None and self.edit_region == "off":
+            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_masks')} needs {flag(OPTION_PREFIX, 'edit_region')} auto")
+        if self.edit_region == "auto" and self.edit_region_masks is None and not self.source_prompt.strip():
             raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region')} auto needs the source prompt: set "
                              f"{flag(OPTION_PREFIX, 'source_prompt')} (the region is where it and the target differ)")
         if self.edit_region_dilation < 0 or self.edit_region_resolution < 4 or self.edit_region_keep_mult < 0:
@@ -300,11 +314,18 @@ class EditPipeline(VanillaPipeline):
                           "scene, which the edit has already changed")  # fmt: skip
         cameras = self.datamanager.train_dataset.cameras.to(self.device)
         prompts = (self.live.guidance.source_prompt, self.live.guidance.target_prompt)
+        if self.config.edit_region_masks is not None:
+            mask_of = folder_masks(self.config.edit_region_masks, self.datamanager.train_dataparser_outputs.image_filenames)
+        else:
+            mask_of = diffedit_masks(self.prior(), prompts, self.config.seed)
         try:
             region = estimate_region(self.scene, cameras, self.datamanager.original_image,
-                                     self.datamanager.num_train_images, self.prior(), prompts, self.config.seed,
-                                     self.config.edit_region_resolution, self.config.edit_region_dilation)  # fmt: skip
+                                     self.datamanager.num_train_images, mask_of, self.config.edit_region_resolution,
+                                     self.config.edit_region_dilation)  # fmt: skip
         except ValueError as error:
+            if self.config.edit_region_masks is not None:
+                raise EditRegionError(f"{flag(OPTION_PREFIX, 'edit_region_masks')} {self.config.edit_region_masks}: "
+                                      "no mask has any white pixel (white edits, black keeps)") from None  # fmt: skip
             raise EditRegionError(f"{flag(OPTION_PREFIX, 'edit_region')} auto: {error} between {prompts[0]!r} and "
                                   f"{prompts[1]!r}; name the part to change in the target prompt, or use "
                                   f"{flag(OPTION_PREFIX, 'edit_region')} off") from None  # fmt: skip

@@ -2,8 +2,9 @@
 scene and the prior; written with the run and read back by a resumed run, which must see the same region.
 
 Each training image's DiffEdit map (:func:`pds_nerfstudio.guidance.edit_mask.diffedit_maps`, the source and target
-prompts) is fused over the views in 3D with the source scene's depth (:func:`pds_nerfstudio.edit.edit_region.fuse`),
-and the fused region is rendered back into every training view. Written under the run directory:
+prompts), or the user's own mask of it (`--pipeline.edit-region-masks`), is fused over the views in 3D with the
+source scene's depth (:func:`pds_nerfstudio.edit.edit_region.fuse`), and the fused region is rendered back into
+every training view. Written under the run directory:
 
 - `edit_region/<image name>.png`: each training view's region (8-bit grey: 255 edits freely, 0 keeps the source);
 - `edit_region/region.pt`: the 3D grid (any camera's region is its lookup at the camera's surface points);
@@ -77,32 +78,65 @@ def quantised(values: Tensor) -> Tensor:
     return (values.clamp(0, 1) * 255).round() / 255
 
 
+MaskOf = Callable[[int, Float[Tensor, "height width 3"]], Float[Tensor, "height width"]]
+"""A training view's own mask in [0, 1] (before fusion), from its index and its image."""
+
+
+def diffedit_masks(prior: DiffusionPrior, prompts: tuple[str, str], seed: int,
+                   settings: DiffEditSettings = DiffEditSettings()) -> MaskOf:  # fmt: skip
+    """Each view's DiffEdit map between the source and target `prompts`, at the image's resolution."""
+    cond = [prior.text_embeddings([prompt]) for prompt in prompts]
+
+    def mask_of(view: int, image: Tensor) -> Tensor:
+        height, width = image.shape[:2]
+        generator = draws.generator(seed, draws.Stream.EDIT_REGION, view)
+        with torch.no_grad():
+            latents = prior.encode(to_prior_input(image.to(prior.device), prior.input_size(height, width)))
+            maps = diffedit_maps(latents, prior.eps_fn(settings.guidance_scale), prior.alphas_cumprod, cond[0],
+                                 cond[1], settings, generator, steps_offset=prior.ddim_settings["steps_offset"])  # fmt: skip
+        return F.interpolate(maps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0]
+
+    return mask_of
+
+
+def folder_masks(folder: Path, image_filenames: Sequence[Path]) -> MaskOf:
+    """Each view's mask from a user's folder: an image named as the training image (any extension), its
+    brightness in [0, 1] (white edits, black keeps), resized to the image's resolution.
+
+    Raises:
+        EditRegionError: a training image has no mask in `folder` (all are checked first).
+    """
+    names = [Path(name).stem for name in image_filenames]
+    found = {path.stem: path for path in sorted(folder.iterdir()) if path.suffix.lower() in (".png", ".jpg", ".jpeg")}
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise EditRegionError(f"{folder} has no mask for {len(missing)} of the {len(names)} training images "
+                              f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): name each mask as "
+                              "its training image, e.g. frame_00001.png")  # fmt: skip
+
+    def mask_of(view: int, image: Tensor) -> Tensor:
+        mask = Image.open(found[names[view]]).convert("L").resize((image.shape[1], image.shape[0]), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)
+
+    return mask_of
+
+
 def estimate_region(
     scene: SceneAdapter,
     cameras: Cameras,
     images: Callable[[int], Float[Tensor, "height width 3"]],
     num_views: int,
-    prior: DiffusionPrior,
-    prompts: tuple[str, str],
-    seed: int,
+    mask_of: MaskOf,
     resolution: int,
     dilation: int,
-    settings: DiffEditSettings = DiffEditSettings(),
 ) -> EditRegion:
-    """The fused region of the training views `images(view)` seen by `cameras`, with the source scene `scene` as it
-    is now (call it before the edit changes it). Raises ValueError when the prior finds nothing to edit."""
-    cond = [prior.text_embeddings([prompt]) for prompt in prompts]
+    """The fused region of the training views `images(view)` seen by `cameras`, from each view's `mask_of`, with the
+    source scene `scene` as it is now (call it before the edit changes it). Raises ValueError when no view's mask
+    holds anything to edit."""
     masks, points, renders = [], [], []
-    with get_progress("Estimating the edit region (DiffEdit masks of every training view)") as progress:
+    with get_progress("Estimating the edit region (a mask of every training view, fused in 3D)") as progress:
         for view in progress.track(range(num_views)):
-            image = images(view)[..., :3].to(prior.device)
-            height, width = image.shape[:2]
-            generator = draws.generator(seed, draws.Stream.EDIT_REGION, view)
-            with torch.no_grad():
-                latents = prior.encode(to_prior_input(image, prior.input_size(height, width)))
-                maps = diffedit_maps(latents, prior.eps_fn(settings.guidance_scale), prior.alphas_cumprod, cond[0],
-                                     cond[1], settings, generator, steps_offset=prior.ddim_settings["steps_offset"])  # fmt: skip
-            masks.append(F.interpolate(maps[:, None].float(), size=(height, width), mode="bilinear", align_corners=False)[0, 0].cpu())
+            masks.append(mask_of(view, images(view)[..., :3]).cpu())
             rgb, depth = scene.render_surface(cameras, view)
             rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
             points.append(surface_points(rays.origins.cpu(), rays.directions.cpu(), depth.cpu().float()))
