@@ -233,7 +233,7 @@ class EditPipeline(VanillaPipeline):
         self.pds = PdsStage(config, self.live, self.scene, self.datamanager, self.prior, self.schedule, self.device)
         self.refinement = RefinementStage(config, self.live, self.datamanager, self.prior, self.schedule, self.device)
         self.renders = RenderStore(self.datamanager.train_dataparser_outputs.image_filenames)
-        self.region_store = RegionStore(self.datamanager.train_dataparser_outputs.image_filenames)
+        self.region_store = RegionStore(self.renders)
         self.region: Optional[EditRegion] = None
         """With edit-region auto: every training view's region and source render, once stage 1 (or 2) has begun."""
         self.run_dir: Optional[Path] = None

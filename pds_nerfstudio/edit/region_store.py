@@ -28,8 +28,11 @@ from torch import Tensor
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.utils.rich_utils import get_progress
 
+from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.edit import draws
 from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, surface_points
+from pds_nerfstudio.edit.render_store import RenderStore
+from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.guidance.edit_mask import DiffEditSettings, diffedit_maps
 from pds_nerfstudio.guidance.resizing import to_prior_input
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior
@@ -71,11 +74,6 @@ class EditRegion:
         if tuple(weight.shape) == size:
             return weight
         return F.interpolate(weight[None, None], size=size, mode="area")[0, 0]
-
-
-def quantised(values: Tensor) -> Tensor:
-    """What the 8-bit PNGs hold, so that a resumed run sees the same values."""
-    return (values.clamp(0, 1) * 255).round() / 255
 
 
 MaskOf = Callable[[int, Float[Tensor, "height width 3"]], Float[Tensor, "height width"]]
@@ -143,37 +141,35 @@ def estimate_region(
             renders.append(rgb.cpu())
     stacked_points = torch.stack(points)
     grid = fuse(stacked_points, torch.stack(masks), resolution=resolution, dilation=dilation)
-    return EditRegion(quantised(grid.lookup(stacked_points)), quantised(torch.stack(renders)), grid)
+    quantise = RenderStore.quantise  # what the 8-bit PNGs hold, so that a resumed run sees the same values
+    return EditRegion(quantise(grid.lookup(stacked_points)), quantise(torch.stack(renders)), grid)
 
 
 class RegionStore:
-    """Writes and reads a run's edit region for the training images `image_filenames`."""
+    """Writes and reads a run's edit region; the source renders go through the run's `renders` store, where it
+    keeps stage 0's (`renders/reconstruction/`)."""
 
-    def __init__(self, image_filenames: Sequence[Path]) -> None:
-        self.image_names = [Path(name).stem for name in image_filenames]
+    def __init__(self, renders: RenderStore) -> None:
+        self.image_names, self.source_renders = renders.image_names, renders
 
     def write(self, run_dir: Optional[Path], region: EditRegion) -> None:
         if run_dir is None:
             return
-        folder, renders = run_dir / REGION_FOLDER, run_dir / "renders" / "reconstruction"
-        folder.mkdir(parents=True, exist_ok=True)
-        renders.mkdir(parents=True, exist_ok=True)
-        for name, weight, render in zip(self.image_names, region.views, region.source_renders):
-            Image.fromarray(np.round(weight.numpy() * 255).astype(np.uint8)).save(folder / f"{name}.png")
-            Image.fromarray(np.round(render.numpy() * 255).astype(np.uint8)).save(renders / f"{name}.png")
+        for name, weight in zip(self.image_names, region.views):
+            save_png(weight, run_dir / REGION_FOLDER / f"{name}.png")
+        self.source_renders.write(run_dir, Stage.RECONSTRUCTION, region.source_renders)
         if region.grid is not None:
-            torch.save(region.grid.state(), folder / "region.pt")
+            torch.save(region.grid.state(), run_dir / REGION_FOLDER / "region.pt")
 
     def read(self, run_dir: Optional[Path]) -> Optional[EditRegion]:
         """The region the run in `run_dir` wrote; None when any of its files is missing."""
         if run_dir is None:
             return None
-        folder, renders = run_dir / REGION_FOLDER, run_dir / "renders" / "reconstruction"
-        paths = [(folder / f"{n}.png", renders / f"{n}.png") for n in self.image_names]
-        if not all(a.is_file() and b.is_file() for a, b in paths):
+        paths = [run_dir / REGION_FOLDER / f"{name}.png" for name in self.image_names]
+        renders = self.source_renders.read(run_dir, Stage.RECONSTRUCTION)
+        if renders is None or not all(path.is_file() for path in paths):
             return None
-        views = [np.asarray(Image.open(a).convert("L"), dtype=np.float32) / 255 for a, _ in paths]
-        colours = [np.asarray(Image.open(b).convert("RGB"), dtype=np.float32) / 255 for _, b in paths]
-        grid_path = folder / "region.pt"
+        views = [np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255 for path in paths]
+        grid_path = run_dir / REGION_FOLDER / "region.pt"
         grid = RegionGrid.from_state(torch.load(grid_path, map_location="cpu")) if grid_path.is_file() else None
-        return EditRegion(torch.from_numpy(np.stack(views)), torch.from_numpy(np.stack(colours)), grid)
+        return EditRegion(torch.from_numpy(np.stack(views)), renders, grid)
