@@ -25,6 +25,10 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 
+class EmptyRegionError(ValueError):
+    """No pixel of any view's mask exceeds 0.5: there is nothing to edit."""
+
+
 @dataclass(frozen=True)
 class RegionGrid:
     """A soft 3D region in [0, 1] on a voxel grid over the box [lower, upper] (world units)."""
@@ -69,14 +73,14 @@ def fuse(
     """The region that most views' `masks` (in [0, 1]) agree on, at their pixels' surface `points` (see the module).
 
     Raises:
-        ValueError: no pixel's mask exceeds 0.5 (the prior found nothing to edit).
+        EmptyRegionError: no pixel's mask exceeds 0.5 (the prior found nothing to edit).
     """
     points, masks = points.reshape(-1, 3).float(), masks.reshape(-1).float()
     keep = torch.isfinite(points).all(-1) if valid is None else valid.reshape(-1) & torch.isfinite(points).all(-1)
     points, masks = points[keep], masks[keep]
     inside = masks > 0.5
     if not bool(inside.any()):
-        raise ValueError("no pixel of any view is in the edit region: the prior finds nothing to edit")
+        raise EmptyRegionError("no pixel of any view is in the edit region: the prior finds nothing to edit")
     low, high = inlier_box(points[inside])
     size = (high - low).max().clamp_min(1e-6)  # a cube, so that voxels are cubes
     centre = (low + high) / 2

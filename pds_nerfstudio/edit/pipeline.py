@@ -31,6 +31,7 @@ from pds_nerfstudio.data.scene_checks import validate_scene
 from pds_nerfstudio.edit.live_settings import LiveSettings
 from pds_nerfstudio.edit.pds_stage import PdsStage
 from pds_nerfstudio.edit.refinement_stage import RefinementStage
+from pds_nerfstudio.edit.edit_region import EmptyRegionError
 from pds_nerfstudio.edit.region_store import (
     EditRegion,
     EditRegionError,
@@ -322,7 +323,7 @@ class EditPipeline(VanillaPipeline):
             region = estimate_region(self.scene, cameras, self.datamanager.original_image,
                                      self.datamanager.num_train_images, mask_of, self.config.edit_region_resolution,
                                      self.config.edit_region_dilation)  # fmt: skip
-        except ValueError as error:
+        except EmptyRegionError as error:
             if self.config.edit_region_masks is not None:
                 raise EditRegionError(f"{flag(OPTION_PREFIX, 'edit_region_masks')} {self.config.edit_region_masks}: "
                                       "no mask has any white pixel (white edits, black keeps)") from None  # fmt: skip

@@ -129,8 +129,8 @@ def estimate_region(
     dilation: int,
 ) -> EditRegion:
     """The fused region of the training views `images(view)` seen by `cameras`, from each view's `mask_of`, with the
-    source scene `scene` as it is now (call it before the edit changes it). Raises ValueError when no view's mask
-    holds anything to edit."""
+    source scene `scene` as it is now (call it before the edit changes it). Raises EmptyRegionError when no view's
+    mask holds anything to edit."""
     masks, points, renders = [], [], []
     with get_progress("Estimating the edit region (a mask of every training view, fused in 3D)") as progress:
         for view in progress.track(range(num_views)):

@@ -50,7 +50,7 @@ class Chain:
 
     @property
     def is_shape_edit(self) -> bool:
-        return self.source.split()[1] != self.target.split()[1]
+        return is_shape_edit(self.source, self.target)
 
     @property
     def scene(self) -> Path:
@@ -80,9 +80,14 @@ KINDS = {
 """The scene representations: their reconstruction and edit methods, and the suffix of their runs' labels."""
 
 
+def is_shape_edit(source: str, target: str) -> bool:
+    """Whether "<colour> <shape>" `target` is another shape than `source` (else another colour)."""
+    return source.split()[1] != target.split()[1]
+
+
 def changed_word(source: str, target: str) -> str:
     """What an edit changes: the target's colour ("blue" for red sphere -> blue sphere) or its shape ("cube")."""
-    return target.split()[1] if source.split()[1] != target.split()[1] else target.split()[0]
+    return target.split()[1 if is_shape_edit(source, target) else 0]
 
 
 def run_kind(label: str) -> tuple[str, str]:

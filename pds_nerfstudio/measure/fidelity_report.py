@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pds_nerfstudio.measure.fidelity_chain import KINDS, SUCCESS, changed_word
+from pds_nerfstudio.measure.fidelity_chain import KINDS, SUCCESS, changed_word, is_shape_edit
 
 SHAPE_IOU_GOAL = 0.8
 """A shape edit's final silhouette IoU against the target shape's true silhouette (issue 25's goal)."""
@@ -20,9 +20,9 @@ def edit_caption(chain: dict) -> str:
     return f"{chain['source']} -> {changed_word(chain['source'], chain['target'])}"
 
 
-def is_shape_edit(result: dict) -> bool:
-    chain = result["chain"]
-    return chain["source"].split()[1] != chain["target"].split()[1]
+def shape_chain(result: dict) -> bool:
+    """Whether a chain's measures (its measures.json) are of a shape edit."""
+    return is_shape_edit(result["chain"]["source"], result["chain"]["target"])
 
 
 def spread(values: list[float], percent: bool = False, digits: int = 1) -> str:
@@ -47,8 +47,8 @@ def iterations_run(runs: list[dict]) -> str:
 def report(results: list[dict], methods: list[str], args_text: str) -> tuple[str, dict]:
     """The tables (markdown) and the goals' numbers: colour edits, then shape edits (when the matrix has them),
     per edit, and the source reconstructions."""
-    colour_results = [r for r in results if not is_shape_edit(r)]
-    shape_results = [r for r in results if is_shape_edit(r)]
+    colour_results = [r for r in results if not shape_chain(r)]
+    shape_results = [r for r in results if shape_chain(r)]
     lines, goals = colour_table(colour_results, methods) if colour_results else ([], {})
     if shape_results:
         shape_lines, shape_goals = shape_table(shape_results, methods)
@@ -154,7 +154,7 @@ def edit_rows(results: list[dict], methods: list[str]) -> list[str]:
             s2 = [g["runs"][method]["refinement"]["train"] for g in group if method in g["runs"]]
             cells.append(f"{spread([x['attribute_success'] for x in s2], True)} / {spread([x['background_psnr'] for x in s2])}")
         lines.append("| " + " | ".join(cells) + " |")
-    if any(is_shape_edit(r) for r in results):
+    if any(shape_chain(r) for r in results):
         lines += ["", "A shape edit reads as its target where the target shape is drawn: its renders nearer the "
                   "target scene's true image than the source's where the two differ."]  # fmt: skip
     return lines
