@@ -83,6 +83,9 @@ class DirectionColourScene(SceneAdapter):
         rgb = self._render(cameras, view)
         return rgb, torch.ones(rgb.shape[:2])
 
+    def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Tensor:
+        return torch.ones(outputs["rgb"].shape[:2])
+
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         return None if "_model.colour.weight" in pipeline_state else "it is not a direction-colour scene"
 

@@ -13,7 +13,7 @@ import torch
 from conftest import tiny_pds_config
 from PIL import Image
 
-from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, inlier_box, surface_points
+from pds_nerfstudio.edit.edit_region import RegionGrid, box_grid, fuse, inlier_box, surface_points
 from pds_nerfstudio.edit.region_store import EditRegion
 from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.measure import fidelity_measures as fm
@@ -48,6 +48,42 @@ def test_the_fused_region_of_some_views_is_the_object_in_every_view(sphere: fm.S
     assert (wider >= region).all() and wider.sum() > region.sum()  # dilation only grows the region
     with pytest.raises(ValueError, match="nothing to edit"):
         fuse(points, torch.zeros_like(masks))
+
+
+def _rays(truth: fm.SceneTruth) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    origins = torch.stack([torch.from_numpy(v.origin).float().expand(*v.depth.shape, 3) for v in truth.views])
+    directions = torch.stack([torch.from_numpy(v.dirs).float() for v in truth.views])
+    depth = torch.stack([torch.from_numpy(np.where(np.isfinite(v.depth), v.depth, 1e3)).float() for v in truth.views])
+    return origins, directions, depth
+
+
+def test_a_grown_region_holds_the_shape_a_shape_edit_draws(sphere: fm.SceneTruth, tmp_path: Path) -> None:
+    """red sphere -> red cube: the cube (same place, size and yaw) reaches past the sphere at its corners, where the
+    sphere's views see the ground behind; the region seen along the rays, grown by a quarter of the sphere's size
+    (a yawed cube's corners reach sqrt(2) - 1 of the radius, 0.21 of the size, past it), holds the pixels the cube
+    will cover."""
+    cube = fm.load_scene_truth(make_scene(tmp_path / "cube", size=48, num_views=12, objects=("red cube",), seed=1).out_dir)
+    masks = torch.from_numpy(np.stack([v.mask for v in sphere.views])).float()
+    rays = _rays(sphere)
+    sphere_mask, cube_mask = (torch.from_numpy(np.stack([v.mask for v in t.views])) for t in (sphere, cube))
+    tight = fuse(_points(sphere), masks, dilation=1)
+    grown = fuse(_points(sphere), masks, dilation=1, grow=0.25)
+    corners = cube_mask & ~sphere_mask
+    assert (tight.along_rays(*rays)[corners] > 0.5).float().mean() < 0.2
+    seen = grown.along_rays(*rays) > 0.5
+    assert seen[cube_mask].float().mean() > 0.98 and seen[sphere_mask].float().mean() == 1.0
+    assert seen[~(sphere_mask | cube_mask)].float().mean() < 0.15  # the ground away from the object stays out
+    at_surface = tight.lookup(_points(sphere)) > 0.5  # on the object, the rays see what the surface point holds
+    assert (tight.along_rays(*rays) > 0.5)[sphere_mask & at_surface].all()
+
+
+def test_an_object_in_front_hides_the_region(sphere: fm.SceneTruth) -> None:
+    masks = torch.from_numpy(np.stack([v.mask for v in sphere.views])).float()
+    grid = fuse(_points(sphere), masks, dilation=1)
+    origins, directions, depth = _rays(sphere)
+    on_object = torch.from_numpy(np.stack([v.mask for v in sphere.views]))
+    occluded = grid.along_rays(origins, directions, torch.full_like(depth, 0.05))  # a surface just past the camera
+    assert (occluded[on_object] > 0.5).float().mean() == 0.0
 
 
 def test_a_region_grid_is_zero_outside_its_box_and_round_trips() -> None:
@@ -183,3 +219,71 @@ def test_a_users_masks_replace_the_priors_and_a_missing_one_is_named(tiny_scene:
         tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region="auto", edit_region_masks=tmp_path / "none").validate()
     with pytest.raises(ValueError, match="--pipeline.edit-region-masks needs --pipeline.edit-region auto"):
         tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region_masks=masks).validate()
+
+
+def test_a_box_grid_is_the_oriented_box() -> None:
+    from nerfstudio.data.scene_box import OrientedBox
+
+    box = OrientedBox.from_params((0.1, -0.2, 0.3), (0.0, 0.0, 0.6), (0.4, 0.2, 0.3))  # yawed 0.6 rad
+    grid = box_grid(box.R, box.T, box.S, resolution=96, softness=0)
+    points = torch.rand(20000, 3) - 0.5 + torch.tensor([0.1, -0.2, 0.3])
+    inside = box.within(points)
+    local = ((points - box.T.float()) @ box.R.float()).abs() / (box.S.float() / 2)
+    clear = (local.max(-1).values - 1).abs() > 0.06  # more than a voxel or so from the box's faces
+    assert torch.equal(grid.lookup(points)[clear] > 0.5, inside[clear])
+    assert inside.float().mean() > 0.01  # the points reach into the box
+
+
+def test_a_users_box_is_the_region_and_the_viewer_shows_it(tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path) -> None:
+    """`--pipeline.edit-region box`: the region is the box as every camera sees it; the scene's renders then carry
+    the output `edit_region` (the viewer's output list), also after a checkpoint is loaded into a new pipeline."""
+    options = dict(edit_region="box", edit_region_obb_center=(0.0, 0.0, 0.0), edit_region_obb_scale=(0.3, 0.3, 0.3))
+    pipeline = tiny_pds_config(tiny_scene, tiny_prior_dir, **options).setup(device="cpu", test_mode="val")
+    pipeline.run_dir = tmp_path / "run"
+    cameras = pipeline.datamanager.train_dataset.cameras
+    assert "edit_region" not in pipeline.model.get_outputs_for_camera(cameras[0:1])
+    pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
+    region = pipeline.region
+    assert region is not None and (tmp_path / "run" / "edit_region" / "region.pt").is_file()
+    box = OrientedBox_within(options)
+    for view in range(pipeline.datamanager.num_train_images):  # a pixel is in the region when its ray meets the box
+        rgb, depth = pipeline.scene.render_surface(cameras, view)
+        rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
+        steps = torch.linspace(0, 1, 200)[:, None, None] * (depth + 0.02)
+        crosses = box(rays.origins + steps[..., None] * rays.directions).any(0)
+        shown = region.views[view] > 0.5
+        assert (shown == crosses).float().mean() > 0.95
+    outputs = pipeline.model.get_outputs_for_camera(cameras[3:4])
+    assert outputs["edit_region"].shape == (*outputs["rgb"].shape[:2], 1)
+    agrees = (outputs["edit_region"][..., 0] - region.views[3]).abs() <= 2 / 255  # a render's depth differs at edges
+    assert agrees.float().mean() > 0.99
+
+    state = {key: value for key, value in pipeline.state_dict().items()}
+    viewer = tiny_pds_config(tiny_scene, tiny_prior_dir, **options).setup(device="cpu", test_mode="inference")
+    viewer.load_state_dict(state)  # what ns-viewer and ns-render do with a run's checkpoint
+    shown = viewer.model.get_outputs_for_camera(cameras[3:4])["edit_region"]
+    torch.testing.assert_close(shown, outputs["edit_region"])
+
+
+def OrientedBox_within(options: dict):
+    from nerfstudio.data.scene_box import OrientedBox
+
+    box = OrientedBox.from_params(options["edit_region_obb_center"], (0.0, 0.0, 0.0), options["edit_region_obb_scale"])
+    return lambda points: box.within(points.reshape(-1, 3)).reshape(points.shape[:-1])
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"edit_region": "box"}, "--pipeline.edit-region box needs --pipeline.edit-region-obb-center"),
+        ({"edit_region": "auto", "edit_region_obb_center": (0, 0, 0), "edit_region_obb_scale": (1, 1, 1)},
+         "they need --pipeline.edit-region box"),
+        ({"edit_region": "box", "edit_region_obb_center": (0, 0, 0), "edit_region_obb_scale": (1, 0, 1)},
+         "--pipeline.edit-region-obb-scale must be > 0"),
+        ({"edit_region": "auto", "edit_region_grow": -0.1}, "--pipeline.edit-region-grow"),
+    ],
+)
+def test_region_options_are_refused_with_the_flag_named(tiny_scene: Path, tiny_prior_dir: Path, options: dict,
+                                                         message: str) -> None:  # fmt: skip
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        tiny_pds_config(tiny_scene, tiny_prior_dir, **options).validate()

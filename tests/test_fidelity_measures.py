@@ -50,6 +50,19 @@ def test_estimated_albedo_reads_every_colour_of_a_real_render(recoloured: dict[s
             np.testing.assert_allclose(estimate, PALETTE[colour], atol=0.05)  # 8-bit quantisation, soft edges
 
 
+def test_a_colour_reads_as_itself_brighter_or_darker_and_white_grey_black_apart() -> None:
+    """Hue and chroma decide a chromatic colour: each palette colour reads as itself from 0.6 to 1.5 times its
+    brightness (an edit may keep less of the shading than the answer has); white, grey and black, which differ only
+    in lightness, read as themselves within a fifth of it. The old Euclidean rule read a brighter red as orange."""
+    for name, rgb in PALETTE.items():
+        scales = (0.8, 1.0, 1.2) if name in ("white", "gray") else (0.6, 0.8, 1.0, 1.25, 1.5)
+        for scale in scales:
+            assert fm.nearest_colour(np.asarray(rgb) * scale) == name, (name, scale)
+    brighter_red = (1.26, 0.25, 0.23)  # white cube -> red, a training view after stage 2 (docs/fidelity.md)
+    assert fm.nearest_colour(brighter_red) == "red" and fm.nearest_colour_rgb(brighter_red) == "orange"
+    assert fm.cielab(np.ones(3))[0] == pytest.approx(100.0) and abs(fm.cielab(np.ones(3))[1:]).max() < 1e-3
+
+
 def test_estimated_albedo_is_exact_for_a_lambertian_pixel_model() -> None:
     rng = np.random.default_rng(0)
     shading = rng.uniform(0.35, 1.0, (8, 8))

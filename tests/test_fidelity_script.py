@@ -103,6 +103,19 @@ def test_fidelity_measures_a_shape_edit_against_its_answer(user_env: dict[str, s
     assert "### Colour edits" not in result.stdout and "shape edits, pds: the final silhouette" in result.stdout
     assert Image.open(out / "side_by_side.png").size == (150 + 5 * 64, 14 + 64)  # scene, answer, source, 2 stages
 
+    variant = "low=--pipeline.guidance-scale 3"  # an option measured against the run at the matrix's options
+    more = _fidelity([*args, "--extend", "--variant", variant], user_env)
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    assert "$ ns-train pds-nerfacto" not in more.stdout and "--timestamp pds " not in more.stdout  # kept, not rerun
+    assert "--timestamp pds+low" in more.stdout and "--pipeline.guidance-scale 3" in more.stdout
+    report = json.loads((out / "fidelity.json").read_text())
+    (extended,) = report["chains"]
+    assert list(extended["runs"]) == ["pds", "pds+low"]
+    before, after = (c["runs"]["pds"]["refinement"]["train"] for c in (chain, extended))  # the same run, measured again
+    assert after["colours"] == before["colours"] and after["background_psnr"] == pytest.approx(before["background_psnr"])
+    assert "guidance_scale: 3.0" in (root / "runs" / "scene" / "pds" / "pds+low" / "config.yml").read_text()
+    assert set(report["goals"]["variants"]) == {"pds+low"} and "- pds+low against pds (1 chains)" in more.stdout
+
 
 def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str, str], tmp_path: Path) -> None:
     result = _fidelity([str(tmp_path / "out"), "--dry-run", "--methods", "pds"], user_env)
@@ -129,6 +142,11 @@ def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str
         (["--clip-model", "/nonexistent"], "is not a CLIP folder"),
         (["--prior", "/nonexistent/prior"], "--prior /nonexistent/prior is not a Stable Diffusion folder"),
         (["--measure-only"], "does not hold the runs of an earlier call"),
+        (["--extend"], "--extend: "),
+        (["--extend", "--measure-only"], "give one"),
+        (["--variant", "Fast=--pipeline.seed 1"], "write NAME=OPTIONS or NAME@KIND=OPTIONS"),
+        (["--variant", "fast@gpu=--pipeline.seed 1"], "unknown scene kind 'gpu'"),
+        (["--variant", "a=--pipeline.seed 1", "--variant", "a@splat=--pipeline.seed 2"], "given twice"),
     ],
 )
 def test_fidelity_refuses_bad_input(user_env: dict[str, str], tmp_path: Path, args: list[str], message: str) -> None:

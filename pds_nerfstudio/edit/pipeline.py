@@ -13,7 +13,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Mapping, Optional, Type
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.cuda.amp.grad_scaler import GradScaler
 
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.data.scene_box import OrientedBox
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.pipelines.base_pipeline import VanillaPipeline, VanillaPipelineConfig
 from nerfstudio.utils import writer
@@ -31,14 +32,16 @@ from pds_nerfstudio.data.scene_checks import validate_scene
 from pds_nerfstudio.edit.live_settings import LiveSettings
 from pds_nerfstudio.edit.pds_stage import PdsStage
 from pds_nerfstudio.edit.refinement_stage import RefinementStage
-from pds_nerfstudio.edit.edit_region import EmptyRegionError
+from pds_nerfstudio.edit.edit_region import EmptyRegionError, RegionGrid, box_grid
 from pds_nerfstudio.edit.region_store import (
+    REGION_OUTPUT,
     EditRegion,
     EditRegionError,
     RegionStore,
     diffedit_masks,
     estimate_region,
     folder_masks,
+    region_in_views,
 )
 from pds_nerfstudio.edit.render_store import RenderStore
 from pds_nerfstudio.edit.convergence import LossPlateau, RenderConvergence
@@ -124,24 +127,35 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     convergence_min_iterations: int = 30
     """With stop-when-converged: stage 1 runs at least this many iterations (stage 2 runs until every training
     view has been refined once)."""
-    edit_region: Literal["off", "auto"] = "off"
+    edit_region: Literal["off", "auto", "box"] = "off"
     """Where the edit may change the scene. `auto`: estimated where stage 1 starts from the prior itself (DiffEdit's
     mask of every training image: where the source and target prompts' noise predictions differ), fused over the
     views into one 3D region with the source scene's depth; stage 1 weights the guidance gradient by it and stage 2
-    keeps the source scene's render outside it. Written to run_dir/edit_region/. `off`: the whole image (the
+    keeps the source scene's render outside it. `box`: your own box (edit-region-obb-*), used in the same way.
+    Written to run_dir/edit_region/ and shown in the viewer as the output `edit_region`. `off`: the whole image (the
     authors')."""
     edit_region_dilation: int = 1
-    """With edit-region auto: voxels by which the fused region grows (not yet enough for a shape to grow past the
-    object: docs/editing.md)."""
+    """With edit-region auto: voxels by which the fused region grows (a margin at the masks' edge)."""
+    edit_region_grow: float = 0.0
+    """With edit-region auto: the fused region also grows by this fraction of its size in every direction (a ball),
+    so that a shape edit can draw outside the object it starts from (a sphere's region holds a cube of its size at
+    0.21); 0: the masks' own region, for edits of colour or material."""
     edit_region_keep_mult: float = 10.0
-    """With edit-region auto: weight of a stage-1 loss that keeps each render outside the region at the source
+    """With an edit region: weight of a stage-1 loss that keeps each render outside the region at the source
     scene's render (squared colour distance, averaged over pixels; measured in docs/editing.md); 0: the guidance
     alone, passed through the region."""
     edit_region_masks: Optional[Path] = None
     """With edit-region auto: a folder of your own masks, one image per training image named as it (white edits,
     black keeps), used instead of the prior's DiffEdit masks; they are fused over the views in the same way."""
+    edit_region_obb_center: Optional[Tuple[float, float, float]] = None
+    """With edit-region box: the centre of your box, in the scene's coordinates as the viewer's crop box and
+    `ns-export --obb-center` give them (all three edit-region-obb-* are needed)."""
+    edit_region_obb_rotation: Tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """With edit-region box: its rotation, roll, pitch and yaw in radians (the viewer's crop rotation)."""
+    edit_region_obb_scale: Optional[Tuple[float, float, float]] = None
+    """With edit-region box: its size along each of its axes (the viewer's crop scale)."""
     edit_region_resolution: int = 64
-    """With edit-region auto: voxels along each side of the region's grid (a cube around the masked points, half
+    """With an edit region: voxels along each side of the region's grid (a cube around the masked points, half
     their extent again on every side)."""
 
     @property
@@ -181,13 +195,23 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
                              f"got {self.convergence_smoothing}")  # fmt: skip
         if self.edit_region_masks is not None and not Path(self.edit_region_masks).is_dir():
             raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_masks')} {self.edit_region_masks} is not a folder")
-        if self.edit_region_masks is not None and self.edit_region == "off":
+        if self.edit_region_masks is not None and self.edit_region != "auto":
             raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_masks')} needs {flag(OPTION_PREFIX, 'edit_region')} auto")
+        box_given = [value is not None for value in (self.edit_region_obb_center, self.edit_region_obb_scale)]
+        if (self.edit_region == "box" and not all(box_given)) or (self.edit_region != "box" and any(box_given)):
+            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region')} box needs {flag(OPTION_PREFIX, 'edit_region_obb_center')} "
+                             f"and {flag(OPTION_PREFIX, 'edit_region_obb_scale')} (the viewer's crop box), and they need "
+                             f"{flag(OPTION_PREFIX, 'edit_region')} box")  # fmt: skip
+        if self.edit_region_obb_scale is not None and not all(value > 0 for value in self.edit_region_obb_scale):
+            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_obb_scale')} must be > 0 on every axis, "
+                             f"got {self.edit_region_obb_scale}")  # fmt: skip
         if self.edit_region == "auto" and self.edit_region_masks is None and not self.source_prompt.strip():
             raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region')} auto needs the source prompt: set "
                              f"{flag(OPTION_PREFIX, 'source_prompt')} (the region is where it and the target differ)")
-        if self.edit_region_dilation < 0 or self.edit_region_resolution < 4 or self.edit_region_keep_mult < 0:
-            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_dilation')} and "
+        if (self.edit_region_dilation < 0 or self.edit_region_resolution < 4 or self.edit_region_keep_mult < 0
+                or not 0 <= self.edit_region_grow <= 2):
+            raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_dilation')}, "
+                             f"{flag(OPTION_PREFIX, 'edit_region_grow')} (at most 2) and "
                              f"{flag(OPTION_PREFIX, 'edit_region_keep_mult')} must be >= 0, and "
                              f"{flag(OPTION_PREFIX, 'edit_region_resolution')} >= 4")  # fmt: skip
         if not 0.0 < self.render_scale <= 1.0:
@@ -236,7 +260,8 @@ class EditPipeline(VanillaPipeline):
         self.renders = RenderStore(self.datamanager.train_dataparser_outputs.image_filenames)
         self.region_store = RegionStore(self.renders)
         self.region: Optional[EditRegion] = None
-        """With edit-region auto: every training view's region and source render, once stage 1 (or 2) has begun."""
+        """With an edit region: every training view's region and source render, once stage 1 (or 2) has begun."""
+        self._region_grid: Optional[RegionGrid] = None
         self.run_dir: Optional[Path] = None
         """Where the run writes its logs and renders (set by the trainer); None: nowhere."""
         self._stage_shown: Optional[Stage] = None
@@ -293,7 +318,7 @@ class EditPipeline(VanillaPipeline):
         self._restore_random_states()
         stage = self.schedule.stage_at(step)
         self._show_stage(stage, step)
-        if stage in (Stage.PDS, Stage.REFINEMENT) and self.config.edit_region == "auto" and self.region is None:
+        if stage in (Stage.PDS, Stage.REFINEMENT) and self.config.edit_region != "off" and self.region is None:
             self.use_region(self.edit_region(starts_edit=step == self.schedule.start(Stage.PDS)))
         if stage is Stage.PDS:
             return self.pds.step(step, self.run_dir)
@@ -314,6 +339,10 @@ class EditPipeline(VanillaPipeline):
             CONSOLE.print("[bold yellow]The edit region of the earlier run was not found: estimating it from the loaded "
                           "scene, which the edit has already changed")  # fmt: skip
         cameras = self.datamanager.train_dataset.cameras.to(self.device)
+        if self.config.edit_region == "box":
+            region = region_in_views(self.scene, cameras, self.datamanager.num_train_images, self.user_box())
+            self.region_store.write(self.run_dir, region)
+            return region
         prompts = (self.live.guidance.source_prompt, self.live.guidance.target_prompt)
         if self.config.edit_region_masks is not None:
             mask_of = folder_masks(self.config.edit_region_masks, self.datamanager.train_dataparser_outputs.image_filenames)
@@ -322,7 +351,7 @@ class EditPipeline(VanillaPipeline):
         try:
             region = estimate_region(self.scene, cameras, self.datamanager.original_image,
                                      self.datamanager.num_train_images, mask_of, self.config.edit_region_resolution,
-                                     self.config.edit_region_dilation)  # fmt: skip
+                                     self.config.edit_region_dilation, self.config.edit_region_grow)  # fmt: skip
         except EmptyRegionError as error:
             if self.config.edit_region_masks is not None:
                 raise EditRegionError(f"{flag(OPTION_PREFIX, 'edit_region_masks')} {self.config.edit_region_masks}: "
@@ -333,9 +362,25 @@ class EditPipeline(VanillaPipeline):
         self.region_store.write(self.run_dir, region)
         return region
 
+    def user_box(self) -> RegionGrid:
+        """The region of edit-region box: the user's oriented box, as nerfstudio builds the viewer's crop box."""
+        config = self.config
+        assert config.edit_region_obb_center is not None and config.edit_region_obb_scale is not None
+        box = OrientedBox.from_params(config.edit_region_obb_center, config.edit_region_obb_rotation,
+                                      config.edit_region_obb_scale)  # fmt: skip
+        return box_grid(box.R, box.T, box.S, config.edit_region_resolution)
+
     def use_region(self, region: Optional[EditRegion]) -> None:
-        """Stage 1 weights its guidance by `region`, and stage 2 keeps the source outside it (None: everywhere)."""
+        """Stage 1 weights its guidance by `region`, and stage 2 keeps the source outside it (None: everywhere); the
+        viewer shows its 3D region as the output `edit_region`."""
         self.region = self.pds.region = self.refinement.region = region
+        self.show_region(region.grid if region is not None else None)
+
+    def show_region(self, grid: Optional[RegionGrid]) -> None:
+        """The output `edit_region` of the scene's renders (the viewer's output list, `ns-render`): `grid` along
+        each ray up to the surface (None: no such output)."""
+        self._region_grid = grid
+        self.scene.show_output(REGION_OUTPUT, grid.along_rays if grid is not None else None)
 
     def gradient_norm(self) -> float:
         """Norm of the gradients that the last back-propagation left on the scene's trainable parameters."""
@@ -404,14 +449,17 @@ class EditPipeline(VanillaPipeline):
         rng = {"torch": torch.get_rng_state(), "python": random.getstate()}
         if torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
+        grid = self._region_grid.state() if self._region_grid is not None else None  # the viewer's region, later
         return {"pds": self.pds_convergence.state(), "refinement": self.refinement_plateau.state(),
-                "stage_ends": self.stage_ends, "rng": rng}  # fmt: skip
+                "stage_ends": self.stage_ends, "rng": rng, "region_grid": grid}  # fmt: skip
 
     def set_extra_state(self, state: Dict[str, Any]) -> None:
         self.pds_convergence.load(state["pds"])
         self.refinement_plateau.load(state["refinement"])
         self.stage_ends = dict(state["stage_ends"])
         self._resumed_rng = state["rng"]  # set at the first step trained, after the set-up's own draws
+        if state.get("region_grid") is not None:  # ns-viewer and ns-render of the run show its region
+            self.show_region(RegionGrid.from_state(state["region_grid"]))
 
     def _restore_random_states(self) -> None:
         """A resumed run draws the rays the uninterrupted one would have: the random states its checkpoint held."""
@@ -426,7 +474,7 @@ class EditPipeline(VanillaPipeline):
         """Makes the training images what they were when a killed run reached `start_step`; returns how many
         SDEdits were replayed (:meth:`RefinementStage.replay`). The stage-1 renders come from the earlier run's
         renders/pds/ folder, and are written to this run's for the next resume."""
-        if self.config.edit_region == "auto" and start_step >= self.schedule.start(Stage.PDS):
+        if self.config.edit_region != "off" and start_step >= self.schedule.start(Stage.PDS):
             region = self.region_store.read(previous_run)
             if region is not None:  # the same region as the killed run, kept with this run too
                 self.region_store.write(self.run_dir, region)

@@ -7,7 +7,8 @@ source scene's depth (:func:`pds_nerfstudio.edit.edit_region.fuse`), and the fus
 every training view. Written under the run directory:
 
 - `edit_region/<image name>.png`: each training view's region (8-bit grey: 255 edits freely, 0 keeps the source);
-- `edit_region/region.pt`: the 3D grid (any camera's region is its lookup at the camera's surface points);
+- `edit_region/region.pt`: the 3D grid (any camera's region is its most along the camera's rays, up to the
+  surface: :meth:`RegionGrid.along_rays`);
 - `renders/reconstruction/<image name>.png`: the source scene's render of each view, which stage 2 keeps outside
   the region.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,6 +40,8 @@ from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior
 from pds_nerfstudio.scenes.base import SceneAdapter
 
 REGION_FOLDER = "edit_region"
+REGION_OUTPUT = "edit_region"
+"""The name of the region among the renders' outputs (the viewer's output list, `ns-render --rendered-output-names`)."""
 
 
 class EditRegionError(RuntimeError):
@@ -127,22 +130,45 @@ def estimate_region(
     mask_of: MaskOf,
     resolution: int,
     dilation: int,
+    grow: float = 0.0,
 ) -> EditRegion:
     """The fused region of the training views `images(view)` seen by `cameras`, from each view's `mask_of`, with the
     source scene `scene` as it is now (call it before the edit changes it). Raises EmptyRegionError when no view's
     mask holds anything to edit."""
-    masks, points, renders = [], [], []
+    masks, rays, renders = [], [], []
     with get_progress("Estimating the edit region (a mask of every training view, fused in 3D)") as progress:
         for view in progress.track(range(num_views)):
             masks.append(mask_of(view, images(view)[..., :3]).cpu())
-            rgb, depth = scene.render_surface(cameras, view)
-            rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
-            points.append(surface_points(rays.origins.cpu(), rays.directions.cpu(), depth.cpu().float()))
-            renders.append(rgb.cpu())
-    stacked_points = torch.stack(points)
-    grid = fuse(stacked_points, torch.stack(masks), resolution=resolution, dilation=dilation)
-    quantise = RenderStore.quantise  # what the 8-bit PNGs hold, so that a resumed run sees the same values
-    return EditRegion(quantise(grid.lookup(stacked_points)), quantise(torch.stack(renders)), grid)
+            ray, render = surface_rays(scene, cameras, view)
+            rays.append(ray)
+            renders.append(render)
+    points = torch.stack([surface_points(*ray) for ray in rays])
+    grid = fuse(points, torch.stack(masks), resolution=resolution, dilation=dilation, grow=grow)
+    return seen_region(grid, rays, renders)
+
+
+def region_in_views(scene: SceneAdapter, cameras: Cameras, num_views: int, grid: RegionGrid) -> EditRegion:
+    """A given 3D region (a user's box) as every training view of the source scene `scene` sees it."""
+    rays, renders = zip(*(surface_rays(scene, cameras, view) for view in range(num_views)))
+    return seen_region(grid, list(rays), list(renders))
+
+
+Rays = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width 3"], Float[Tensor, "height width"]]
+"""A view's ray origins, unit directions and the distance along each ray to the surface it sees."""
+
+
+def surface_rays(scene: SceneAdapter, cameras: Cameras, view: int) -> Tuple[Rays, Float[Tensor, "height width 3"]]:
+    """View `view`'s rays up to the source scene's surface, and its render (on the CPU)."""
+    rgb, depth = scene.render_surface(cameras, view)
+    bundle = cameras.generate_rays(camera_indices=view, keep_shape=True)
+    return (bundle.origins.cpu(), bundle.directions.cpu(), depth.cpu().float()), rgb.cpu()
+
+
+def seen_region(grid: RegionGrid, rays: Sequence[Rays], renders: Sequence[Tensor]) -> EditRegion:
+    """Every view's region (the grid along its rays, :meth:`RegionGrid.along_rays`) and source render, quantised as
+    the run's 8-bit PNGs hold them, so that a resumed run sees the same values."""
+    views = torch.stack([grid.along_rays(*ray) for ray in rays])
+    return EditRegion(RenderStore.quantise(views), RenderStore.quantise(torch.stack(list(renders))), grid)
 
 
 class RegionStore:

@@ -70,7 +70,8 @@ class Chain:
 
     def run(self, label: str) -> Path:
         kind, method = run_kind(label)
-        return self.runs / "scene" / KINDS[kind]["edit"] / method
+        variant = run_variant(label)
+        return self.runs / "scene" / KINDS[kind]["edit"] / (method if variant is None else f"{method}+{variant}")
 
 
 KINDS = {
@@ -91,8 +92,15 @@ def changed_word(source: str, target: str) -> str:
 
 
 def run_kind(label: str) -> tuple[str, str]:
-    """(scene kind, method) of a run label: "pds" is PDS on nerfacto, "pds-splat" PDS on splats."""
+    """(scene kind, method) of a run label: "pds" is PDS on nerfacto, "pds-splat" PDS on splats; a variant's label
+    ("pds+region", "pds-splat+fast") is its method's with the variant's options added."""
+    label = label.partition("+")[0]
     return ("splat", label[: -len("-splat")]) if label.endswith("-splat") else ("nerfacto", label)
+
+
+def run_variant(label: str) -> str | None:
+    """The variant of a run label ("region" of "pds-splat+region"); None for a method at the matrix's options."""
+    return label.partition("+")[2] or None
 
 
 def stage_ends(reconstruction: int, pds: int, refinement: int) -> dict[str, int]:

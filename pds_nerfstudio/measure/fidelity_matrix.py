@@ -5,7 +5,9 @@
     python scripts/fidelity.py OUT_DIR --matrix shape     # the 3 shape edits x 2 seeds
     python scripts/fidelity.py OUT_DIR --edits "red sphere:blue sphere" --seeds 0 1 --methods pds
     python scripts/fidelity.py OUT_DIR --scene-kinds splat  # PDS on Gaussian splats only (`ns-train pds-splat`)
-    python scripts/fidelity.py OUT_DIR --options --pipeline.scene.pds-proposal-losses True   # measure an option
+    python scripts/fidelity.py OUT_DIR --options --pipeline.scene.pds-proposal-losses True   # an option, everywhere
+    python scripts/fidelity.py OUT_DIR --variant "region=--pipeline.edit-region auto"   # PDS with and without it
+    python scripts/fidelity.py OUT_DIR --extend --variant "..."   # more runs on an earlier call's chains
 
 For every edit and seed (a "chain", run in parallel with --workers):
 1. `make_scene`: a one-object procedural scene (layout from the seed) with masks, depth and scene.json; for a
@@ -15,7 +17,9 @@ For every edit and seed (a "chain", run in parallel with --workers):
 3. `ns-train pds --load-dir <reconstruction> --pipeline.method M` for each method at equal budgets (the same
    stage lengths, guidance, prior, seed and options): stage 1, then stage 2, as a user runs them; a checkpoint
    is kept at the end of each stage. Beside them `ns-train pds-splat` (PDS on the splats; its own stage
-   lengths: splatfacto's per-parameter learning rates need more stage-1 steps than a hash grid).
+   lengths: splatfacto's per-parameter learning rates need more stage-1 steps than a hash grid). Each
+   `--variant NAME=OPTIONS` runs PDS once more from the same reconstruction with those options added (run
+   "pds+NAME", "pds-splat+NAME"), so that an option is measured against the matrix's runs on the same chains.
 4. Measures (pds_nerfstudio/measure/fidelity_measures.py), after stage 1 and after stage 2, on the training views and on the
    held-out (eval) views: the fraction of views whose object reads as the target colour; identity against the
    source reconstruction (object depth change, silhouette IoU, background PSNR); iterations-to-edit from
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import sys
 import time
@@ -49,6 +54,7 @@ from pds_nerfstudio.measure.fidelity_chain import (
     SHAPE_MATRIX,
     Chain,
     run_kind,
+    run_variant,
     stage_ends,
 )
 from pds_nerfstudio.measure.fidelity_report import goal_lines, report, side_by_side
@@ -59,9 +65,36 @@ MEASURE_CHAIN = [sys.executable, "-m", "pds_nerfstudio.measure.fidelity_matrix"]
 
 
 def run_labels(args: argparse.Namespace) -> list[str]:
-    """The runs of every chain: each method on nerfacto, each splat method on splats (as asked)."""
+    """The runs of every chain: each method on nerfacto, each splat method on splats (as asked), then each variant of
+    PDS on the scene kinds it names."""
     labels = list(args.methods) if "nerfacto" in args.scene_kinds else []
-    return labels + ([f"{m}-splat" for m in args.splat_methods] if "splat" in args.scene_kinds else [])
+    labels += [f"{m}-splat" for m in args.splat_methods] if "splat" in args.scene_kinds else []
+    for name, by_kind in variants(args).items():
+        labels += [f"pds{KINDS[kind]['suffix']}+{name}" for kind in KINDS if kind in by_kind and kind in args.scene_kinds]
+    return labels
+
+
+def variants(args: argparse.Namespace) -> dict[str, dict[str, list[str]]]:
+    """`--variant NAME[@KIND]=OPTIONS` as {name: {scene kind: ns-train options}}: one name may be given once per
+    scene kind, with options of that kind (e.g. a splat learning rate).
+
+    Raises:
+        ValueError: a variant is not written NAME[@KIND]=OPTIONS, names an unknown kind, or is named twice for a kind.
+    """
+    found: dict[str, dict[str, list[str]]] = {}
+    for text in args.variant:
+        match = re.fullmatch(r"([a-z0-9][a-z0-9-]*)(?:@([a-z]+))?=(.+)", text.strip(), re.DOTALL)
+        if match is None:
+            raise ValueError(f"--variant {text!r}: write NAME=OPTIONS or NAME@KIND=OPTIONS (NAME in lower-case letters, "
+                             "digits and '-'), e.g. 'region=--pipeline.edit-region auto'")  # fmt: skip
+        name, kind, options = match.groups()
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"--variant {text!r}: unknown scene kind {kind!r} (one of {', '.join(KINDS)})")
+        kinds = (kind,) if kind else tuple(KINDS)
+        if any(k in found.get(name, {}) for k in kinds):
+            raise ValueError(f"--variant {name!r} is given twice for the same scene kind")
+        found.setdefault(name, {}).update({k: shlex.split(options) for k in kinds})
+    return found
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -95,6 +128,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--render-scale", type=float, default=0.5, help="stage-1 render scale (see ns-train pds)")
     parser.add_argument("--prompt-template", default="a {}",
                         help='the edit\'s prompts, {} standing for "<colour> <shape>" (e.g. "a sks {}" with a LoRA)')
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME[@KIND]=OPTIONS",
+                        help='PDS once more with these `ns-train` options added, as run "pds+NAME" (and '
+                             '"pds-splat+NAME"), from the same reconstruction: e.g. "region=--pipeline.edit-region '
+                             'auto"; NAME@nerfacto or NAME@splat runs it on that scene kind only; repeatable')
+    parser.add_argument("--extend", action="store_true",
+                        help="OUT_DIR holds an earlier call's chains: run only the runs they lack (their scenes and "
+                             "reconstructions are kept), then measure every chain again")
     parser.add_argument("--options", nargs=argparse.REMAINDER, default=[],
                         help="more `ns-train pds` options for every edit (last on the line)")
     parser.add_argument("--workers", type=int, default=2, help="chains run at once (one torch thread each)")
@@ -182,7 +222,8 @@ def edit_command(args: argparse.Namespace, chain: Chain, label: str, prior: Path
     reconstruction, pds, refinement = lengths(args, kind)
     prompts = [args.prompt_template.format(chain.source), args.prompt_template.format(chain.target)]
     schedule = edit_schedule_options(pds) if kind == "nerfacto" else []  # the splats' rates have no warm-up
-    return [BIN / "ns-train", KINDS[kind]["edit"], "--timestamp", method,
+    extra = variants(args)[run_variant(label)][kind] if run_variant(label) else []
+    return [BIN / "ns-train", KINDS[kind]["edit"], "--timestamp", chain.run(label).name,
             "--load-dir", chain.reconstruction(kind) / "nerfstudio_models", "--pipeline.method", method,
             "--pipeline.source-prompt", prompts[0], "--pipeline.target-prompt", prompts[1],
             "--pipeline.prior.model-id", prior, "--pipeline.prior.dtype", "fp32",
@@ -193,28 +234,48 @@ def edit_command(args: argparse.Namespace, chain: Chain, label: str, prior: Path
             "--pipeline.render-scale", args.render_scale, "--pipeline.seed", chain.seed,
             "--pipeline.change-view-every", 5, "--pipeline.log-every", 2,
             "--steps-per-save", reconstruction + pds + refinement, *schedule,
-            *common_options(args, chain, kind), *args.options, *dataparser_options(args)]  # fmt: skip
+            *common_options(args, chain, kind), *args.options, *extra, *dataparser_options(args)]  # fmt: skip
+
+
+def finished(run_dir: Path) -> bool:
+    """Whether an edit's run ended its stage 2 (its stage_ends.json says so)."""
+    path = run_dir / "stage_ends.json"
+    return path.is_file() and "refinement" in json.loads(path.read_text())
 
 
 def run_chain(args: argparse.Namespace, chain: Chain, prior: Path) -> None:
-    """Scene, reconstructions, one edit per run, then the chain's measures (in a process of their own)."""
+    """Scene, reconstructions, one edit per run, then the chain's measures (in a process of their own). With
+    --extend, the chain's scene and reconstructions are kept and only the runs it lacks are made."""
     from pds_nerfstudio.synthetic.procedural_scene import make_scene
 
     logs = chain.root / "logs"
     labels = run_labels(args)
     kinds = [kind for kind in KINDS if any(run_kind(label)[0] == kind for label in labels)]
+    earlier = json.loads((chain.root / "chain.json").read_text()) if args.extend else None
+    if earlier is not None:
+        unfinished = [label for label in labels if chain.run(label).exists() and not finished(chain.run(label))]
+        if unfinished:
+            raise RuntimeError(f"--extend: {chain.root} has unfinished runs ({', '.join(unfinished)}): remove their "
+                               f"folders under {chain.runs / 'scene'} to run them again")  # fmt: skip
+        labels = [label for label in labels if not finished(chain.run(label))]
     if not args.dry_run:
-        chain.root.mkdir(parents=True)
-        make_scene(chain.scene, size=args.size, num_views=args.num_views, objects=(chain.source,), seed=chain.seed)
-        if chain.is_shape_edit:  # the same layout (the seed draws sizes, yaws and cameras alike for every shape)
-            make_scene(chain.target_scene, size=args.size, num_views=args.num_views, objects=(chain.target,),
-                       seed=chain.seed)  # fmt: skip
+        if earlier is None:
+            chain.root.mkdir(parents=True)
+            make_scene(chain.scene, size=args.size, num_views=args.num_views, objects=(chain.source,), seed=chain.seed)
+            if chain.is_shape_edit:  # the same layout (the seed draws sizes, yaws and cameras alike for every shape)
+                make_scene(chain.target_scene, size=args.size, num_views=args.num_views, objects=(chain.target,),
+                           seed=chain.seed)  # fmt: skip
         settings = {"source": chain.source, "target": chain.target, "seed": chain.seed, "prior": str(prior),
                     "runs": labels, "stage_ends": {kind: stage_ends(*lengths(args, kind)) for kind in kinds},
                     "clip_model": args.clip_model, "prompt_template": args.prompt_template}  # fmt: skip
+        if earlier is not None:  # the earlier runs stay measured beside the new ones
+            settings["runs"] = [*earlier["runs"], *(label for label in labels if label not in earlier["runs"])]
+            settings["stage_ends"] = {**earlier["stage_ends"], **settings["stage_ends"]}
         (chain.root / "chain.json").write_text(json.dumps(settings, indent=2, default=str) + "\n")
     for kind in kinds:
-        run(reconstruction_command(args, chain, kind), logs / f"reconstruction{KINDS[kind]['suffix']}.log", args.dry_run)
+        if earlier is None or not (chain.reconstruction(kind) / "config.yml").is_file():
+            run(reconstruction_command(args, chain, kind), logs / f"reconstruction{KINDS[kind]['suffix']}.log",
+                args.dry_run)  # fmt: skip
     for label in labels:
         run(edit_command(args, chain, label, prior), logs / f"{label}.log", args.dry_run)
     measure_command = [*MEASURE_CHAIN, chain.root, "--measure-chain"]
@@ -236,9 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.clip_model is not None and not (args.clip_model / "config.json").is_file():
             raise ValueError(f"--clip-model {args.clip_model} is not a CLIP folder (no config.json)")
         out = args.out_dir.absolute()
-        if args.measure_only and not all((c.root / "chain.json").is_file() for c in todo):
-            raise FileNotFoundError(f"--measure-only: {out} does not hold the runs of an earlier call with these edits")
-        if not args.measure_only and out.exists() and any(out.iterdir()):
+        variants(args)  # refused here, before anything runs
+        if args.measure_only and args.extend:
+            raise ValueError("--measure-only and --extend: give one (--extend measures every chain again too)")
+        for flag, given in (("--measure-only", args.measure_only), ("--extend", args.extend)):
+            if given and not all((c.root / "chain.json").is_file() for c in todo):
+                raise FileNotFoundError(f"{flag}: {out} does not hold the runs of an earlier call with these edits")
+        if not (args.measure_only or args.extend) and out.exists() and any(out.iterdir()):
             raise FileExistsError(f"{out} is not empty: give a new folder (results are never overwritten)")
         if args.workers < 1:
             raise ValueError("--workers must be >= 1")
@@ -266,16 +331,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fidelity: error: {err}", file=sys.stderr)
         return 1
     results = [json.loads((c.root / "measures.json").read_text()) for c in todo]
+    labels = [label for label in results[0]["chain"]["runs"] if all(label in r["chain"]["runs"] for r in results)]
     settings = (f"Settings: scenes of {args.num_views} views of {args.size}x{args.size} ({args.train_split_fraction:g} "
                 f"for training); reconstruction {args.reconstruction_iterations} iterations; every method "
                 f"{args.pds_iterations} stage-1 + {args.refinement_iterations} stage-2 iterations, guidance "
                 f"{args.guidance_scale:g}, SDEdit guidance {args.sdedit_guidance_scale:g}, render scale "
                 f"{args.render_scale:g}; splats: reconstruction {args.splat_reconstruction_iterations}, stage 1 "
                 f"{args.splat_pds_iterations}, stage 2 {args.refinement_iterations} iterations; prior {prior.name}; "
-                f"extra options: {shlex.join(args.options) or 'none'}.")  # fmt: skip
-    tables, goals = report(results, run_labels(args), settings)
+                f"extra options: {shlex.join(args.options) or 'none'}"
+                + "".join(f"; variant {v}" for v in args.variant) + ".")  # fmt: skip
+    tables, goals = report(results, labels, settings)
     verdict = "\n".join(goal_lines(goals))
-    side_by_side(out / "side_by_side.png", [c.root for c in todo if c.seed == todo[0].seed], run_labels(args))
+    side_by_side(out / "side_by_side.png", [c.root for c in todo if c.seed == todo[0].seed], labels)
     (out / "fidelity.md").write_text(f"{tables}\n\nGoals:\n{verdict}\n")
     (out / "fidelity.json").write_text(json.dumps(
         {"settings": vars(args) | {"prior": str(prior)}, "goals": goals, "chains": results}, indent=2, default=str) + "\n")

@@ -51,8 +51,39 @@ class SceneGeometry:
     content_radius: float
 
 
+LIGHTNESS_WEIGHT = 0.5
+"""Weight of lightness against chroma and hue in the colour distance (CMC l:c = 2:1, the "acceptability" weighting)."""
+
+
+def cielab(rgb: Float[np.ndarray, "... 3"]) -> Float[np.ndarray, "... 3"]:
+    """CIE L*a*b* (D65 white) of linear RGB; values above 1 (an albedo estimate brighter than white) go on."""
+    xyz = np.asarray(rgb, dtype=np.float64) @ _RGB_TO_XYZ.T / _RGB_TO_XYZ.sum(1)
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+_RGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+"""Linear sRGB to CIE XYZ (IEC 61966-2-1)."""
+
+
+def colour_distance(rgb: Float[np.ndarray, "3"], other: Float[np.ndarray, "3"]) -> float:
+    """CIELAB distance with lightness at LIGHTNESS_WEIGHT: sqrt((w dL)^2 + dC^2 + dH^2), dH the hue difference
+    at the two chromas (CIE94's decomposition without its chroma scaling)."""
+    (l1, a1, b1), (l2, a2, b2) = cielab(rgb), cielab(other)
+    c1, c2 = math.hypot(a1, b1), math.hypot(a2, b2)
+    hue = 2 * math.sqrt(c1 * c2) * math.sin((math.atan2(b1, a1) - math.atan2(b2, a2)) / 2)
+    return math.sqrt((LIGHTNESS_WEIGHT * (l1 - l2)) ** 2 + (c1 - c2) ** 2 + hue**2)
+
+
 def nearest_colour(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, float, float]] = PALETTE) -> str:
-    """The palette colour nearest to ``rgb`` (Euclidean in linear RGB)."""
+    """The palette colour nearest to ``rgb`` by :func:`colour_distance`: hue and chroma decide between chromatic
+    colours, lightness (at half weight) between white, grey and black. A red whose estimate is a quarter brighter
+    than the palette's red stays red (a Euclidean distance in RGB called such a red orange: docs/fidelity.md)."""
+    return min(colours, key=lambda name: colour_distance(np.asarray(rgb), np.asarray(colours[name])))
+
+
+def nearest_colour_rgb(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, float, float]] = PALETTE) -> str:
+    """The palette colour nearest to ``rgb`` in Euclidean linear RGB: the rule before 2026-12-06, kept to compare."""
     names = list(colours)
     distances = np.linalg.norm(np.asarray([colours[n] for n in names]) - np.asarray(rgb)[None], axis=1)
     return names[int(distances.argmin())]

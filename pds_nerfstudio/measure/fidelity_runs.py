@@ -198,7 +198,7 @@ def measure_chain(root: Path) -> dict:
     renders = {"scene": truth_images}
     if target_truth is not None:
         renders["target"] = np.stack([v.image for v in target_truth.views])
-    sources = {}
+    sources, trusted = {}, {}
     for kind in settings["stage_ends"]:
         renderer = RunRenderer(chain.reconstruction(kind) / "config.yml")
         colours, depths = renderer.render()
@@ -215,6 +215,9 @@ def measure_chain(root: Path) -> dict:
                for part, part_names in (("train", train), ("eval", held_out))},
         }  # fmt: skip
         renders[f"source{KINDS[kind]['suffix']}"] = colours
+        # the held-out views where the source reconstruction itself reads right: there a miss is the edit's
+        trusted[kind] = [n for n in held_out if against_truth["colour"][names.index(n)] == source_colour]
+        result["source_vs_scene"][kind]["eval_views_read_right"] = trusted[kind]
     train, held_out = result["train_views"], result["eval_views"]
     for label in settings["runs"]:
         kind = run_kind(label)[0]
@@ -228,6 +231,8 @@ def measure_chain(root: Path) -> dict:
             per_view = view_measures(truth, stage_colours, stage_depths, sources[kind], target_truth)
             measured[stage] = {part: summarise(per_view, part_names, names, target, source_colour)
                                for part, part_names in (("train", train), ("eval", held_out))}  # fmt: skip
+            if trusted[kind]:
+                measured[stage]["eval_read_right"] = summarise(per_view, trusted[kind], names, target, source_colour)
             renders[f"{label}/{stage}"] = stage_colours
             if settings.get("clip_model"):
                 measured[stage]["clip_directional"] = fm.clip_directional_similarity(
@@ -235,7 +240,7 @@ def measure_chain(root: Path) -> dict:
                     *prompts_of(chain, settings.get("prompt_template", "a {}"))
                 )
         measured["iterations_to_edit"] = iterations_to_edit(
-            run_dir, truth, target, config["change_view_every"], caps["pds"] - config["pds_iterations"] + 1,
+            run_dir, truth, target, config["change_view_every"], config["reconstruction_iterations"],
             target_truth,
         )
         measured["iterations"] = iterations
@@ -265,4 +270,5 @@ def yaml_config(path: Path) -> dict:
     import yaml
 
     config = yaml.load(path.read_text(), Loader=yaml.Loader)
-    return {"change_view_every": config.pipeline.change_view_every, "pds_iterations": config.pipeline.pds_iterations}
+    return {"change_view_every": config.pipeline.change_view_every, "pds_iterations": config.pipeline.pds_iterations,
+            "reconstruction_iterations": config.pipeline.reconstruction_iterations}

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 from jaxtyping import Float
@@ -51,6 +51,22 @@ class SceneRender:
 
 SurfaceRender = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width"]]
 """A still render's colour and each pixel's ray depth (distance along its unit ray)."""
+
+
+RayValue = Callable[[Float[Tensor, "*rays 3"], Float[Tensor, "*rays 3"], Float[Tensor, "*rays"]], Float[Tensor, "*rays"]]
+"""A value of every ray (origins, unit directions, distance to the surface it sees): an output the edit adds."""
+
+
+class ExtraOutputs:
+    """A model mixin: outputs that an edit adds to the model's renders (`extra_outputs`: name -> a function of the
+    camera and the model's own outputs), which nerfstudio's viewer lists beside rgb and depth and `ns-render` renders
+    with `--rendered-output-names`. Set through :meth:`SceneAdapter.show_output`."""
+
+    def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[Any] = None) -> Dict[str, Tensor]:
+        outputs = super().get_outputs_for_camera(camera, obb_box=obb_box)  # type: ignore[misc]
+        for name, output in getattr(self, "extra_outputs", {}).items():
+            outputs[name] = output(camera, outputs)
+        return outputs
 
 
 @dataclass
@@ -87,6 +103,27 @@ class SceneAdapter(ABC):
     def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
         """`render_still`'s colour and each pixel's distance along its (unit) ray to the surface, in the scene's
         coordinates: where the edit region (`pds_nerfstudio.edit.edit_region`) back-projects the views."""
+
+    @abstractmethod
+    def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Float[Tensor, "height width"]:
+        """The distance along each (unit) ray of `camera` (one camera) to the surface, from the model's `outputs`
+        for it (each model has its own convention of depth)."""
+
+    def show_output(self, name: str, value: Optional[RayValue]) -> None:
+        """Adds output `name` to the model's renders (the viewer's output list, `ns-render`): `value` of each pixel's
+        ray up to the surface the model renders there; None removes it. The model must be an :class:`ExtraOutputs`."""
+        outputs = dict(getattr(self.model, "extra_outputs", {}))
+        if value is None:
+            outputs.pop(name, None)
+        else:
+
+            def output(camera: Cameras, rendered: Dict[str, Tensor]) -> Tensor:
+                depth = self.ray_depth(camera, rendered)
+                rays = camera.generate_rays(camera_indices=0, keep_shape=True)
+                return value(rays.origins.to(depth), rays.directions.to(depth), depth)[..., None]
+
+            outputs[name] = output
+        self.model.extra_outputs = outputs  # type: ignore[attr-defined]
 
     def begin_edit(self) -> List[torch.nn.Parameter]:
         """Prepares the scene for the edit stages and returns the parameters they must not train. Idempotent.

@@ -55,8 +55,11 @@ class NerfactoScene(SceneAdapter):
 
     @torch.no_grad()
     def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
-        outputs = self._still_outputs(cameras, view)  # nerfacto's depth: expected distance along the unit ray
-        return outputs["rgb"], outputs["depth"][..., 0]
+        outputs = self._still_outputs(cameras, view)
+        return outputs["rgb"], self.ray_depth(cameras[view : view + 1], outputs)
+
+    def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Float[Tensor, "height width"]:
+        return outputs["depth"][..., 0]  # nerfacto's depth: the expected distance along the unit ray
 
     def _still_outputs(self, cameras: Cameras, view: int) -> Dict[str, Tensor]:
         was_training = self.model.training

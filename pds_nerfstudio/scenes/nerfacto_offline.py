@@ -17,6 +17,8 @@ from torch import nn
 
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
+from pds_nerfstudio.scenes.base import ExtraOutputs
+
 
 class DeferredLPIPS(nn.Module):
     """torchmetrics' LPIPS, built when first called; NaN (with one warning) when it cannot be.
@@ -71,8 +73,8 @@ class OfflineNerfactoModelConfig(NerfactoModelConfig):
     _target: Type = field(default_factory=lambda: OfflineNerfactoModel)
 
 
-class OfflineNerfactoModel(NerfactoModel):
-    """Nerfacto whose LPIPS metric is a :class:`DeferredLPIPS`."""
+class OfflineNerfactoModel(ExtraOutputs, NerfactoModel):
+    """Nerfacto whose LPIPS metric is a :class:`DeferredLPIPS`, and whose renders take an edit's extra outputs."""
 
     config: OfflineNerfactoModelConfig
 

@@ -23,7 +23,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender, SurfaceRender
+from pds_nerfstudio.scenes.base import ExtraOutputs, SceneAdapter, SceneConfig, SceneRender, SurfaceRender
 from pds_nerfstudio.scenes.nerfacto_offline import lpips_deferred
 from pds_nerfstudio.scenes.rasterizer import rasterization
 
@@ -52,7 +52,7 @@ class PDSSplatfactoModelConfig(SplatfactoModelConfig):
     _target: Type = field(default_factory=lambda: PDSSplatfactoModel)
 
 
-class PDSSplatfactoModel(SplatfactoModel):
+class PDSSplatfactoModel(ExtraOutputs, SplatfactoModel):
     """Splatfacto that starts offline and runs where CUDA is absent (see the module docstring)."""
 
     config: PDSSplatfactoModelConfig
@@ -115,10 +115,13 @@ class SplatfactoScene(SceneAdapter):
     @torch.no_grad()
     def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
         outputs = self._still_outputs(cameras, view)
+        return outputs["rgb"], self.ray_depth(cameras[view : view + 1], outputs)
+
+    def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Float[Tensor, "height width"]:
         # splatfacto's depth is gsplat's expected depth ("ED"): camera-space z, not the distance along the ray
-        directions = cameras.generate_rays(camera_indices=view, keep_shape=True).directions.to(outputs["depth"])
-        forward = -cameras.camera_to_worlds[view, :3, 2].to(directions)
-        return outputs["rgb"], outputs["depth"][..., 0] / (directions @ forward).clamp_min(1e-6)
+        directions = camera.generate_rays(camera_indices=0, keep_shape=True).directions.to(outputs["depth"])
+        forward = -camera.camera_to_worlds[0, :3, 2].to(directions)
+        return outputs["depth"][..., 0] / (directions @ forward).clamp_min(1e-6)
 
     def _still_outputs(self, cameras: Cameras, view: int) -> Dict[str, Tensor]:
         was_training, info = self.model.training, getattr(self.model, "info", None)
