@@ -18,8 +18,9 @@ length of the outlines in pixels, plus one cumulative sum per layer.
 Compositing: the layers in document order (each shape's fill, then its stroke), alpha = coverage x colour alpha,
 "over" one another on a background colour (white by default, as the authors' SVG edits do), in the colour space
 of the file (no gamma), as SVG renderers do. :func:`composite` is one closed form (the colour of each layer times
-the transmittance of the layers above it, a reversed cumulative product); :func:`composite_reference`, the plain
-loop of "over" operations beside it, is held to it by a test.
+the transmittance of the layers above it, a reversed cumulative product) with its gradient in closed form too;
+:func:`composite_reference`, the plain loop of "over" operations beside it, is held to it (values and gradients)
+by a test.
 """
 
 from __future__ import annotations
@@ -129,18 +130,39 @@ def layer_coverage(
     return coverage_of(winding, evenodd[:, None, None]), colours
 
 
+class _Over(torch.autograd.Function):
+    """Layers over one another with the gradient in closed form: d image / d alpha_k = T_k (c_k - B_{k-1}), T_k the
+    transmittance of the layers above k and B_{k-1} the image of the layers below it (on the background), which
+    the backward pass rebuilds one layer at a time. (torch's own cumprod backward, which must allow zeros, took
+    three quarters of a render's time.)"""
+
+    @staticmethod
+    def forward(ctx, alpha: Tensor, rgb: Tensor, background: Tensor) -> Tensor:  # noqa: ANN001
+        through = torch.flip(torch.cumprod(torch.flip(1 - alpha, [0]), 0), [0])  # prod_{j>=k}
+        above = torch.cat([through[1:], torch.ones_like(through[:1])])  # prod_{j>k}
+        image = torch.einsum("khw,kc->chw", alpha * above, rgb)
+        image = image + background.view(3, 1, 1) * (through[0] if through.shape[0] else torch.ones_like(image[0]))
+        ctx.save_for_backward(alpha, rgb, background, above)
+        return image
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001, ANN205
+        alpha, rgb, background, above = ctx.saved_tensors
+        grad_alpha = torch.empty_like(alpha)
+        below = background.view(3, 1, 1).expand_as(grad).clone()
+        for k in range(alpha.shape[0]):
+            grad_alpha[k] = above[k] * ((rgb[k].view(3, 1, 1) - below) * grad).sum(0)
+            below.mul_(1 - alpha[k]).add_(rgb[k].view(3, 1, 1) * alpha[k])
+        grad_rgb = torch.einsum("khw,chw->kc", alpha * above, grad)
+        return grad_alpha, grad_rgb, None
+
+
 def composite(
     coverage: Float[Tensor, "layers h w"], colours: Float[Tensor, "layers 4"], background: Tensor
 ) -> Float[Tensor, "3 h w"]:
     """Layers "over" one another in order, on `background` (RGB): sum_k c_k a_k prod_{j>k} (1 - a_j) +
-    background prod_j (1 - a_j), with a_k = coverage_k x alpha_k."""
-    alpha = coverage * colours[:, 3, None, None]
-    through = torch.flip(torch.cumprod(torch.flip(1 - alpha, [0]), 0), [0])  # prod_{j>=k}
-    above = torch.cat([through[1:], torch.ones_like(through[:1])])  # prod_{j>k}
-    weight = alpha * above
-    image = torch.einsum("khw,kc->chw", weight, colours[:, :3])
-    background_weight = through[0] if through.shape[0] else torch.ones_like(coverage.new_ones(coverage.shape[1:]))
-    return image + background.view(3, 1, 1) * background_weight
+    background prod_j (1 - a_j), with a_k = coverage_k x alpha_k (gradient in closed form: :class:`_Over`)."""
+    return _Over.apply(coverage * colours[:, 3, None, None], colours[:, :3], background)
 
 
 def composite_reference(
