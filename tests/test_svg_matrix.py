@@ -129,3 +129,18 @@ def test_benchmark_drawing_has_the_paths_asked_for():
     scene = parsed(svg_speed.benchmark_drawing(7))
     assert scene.num_shapes == 7 and bool(scene.has_stroke.all()) and int(scene.segment_kind.shape[0]) == 28
     assert drawing_svg((), 10.0).startswith("<svg")
+
+
+@pytest.mark.usefixtures("offline_hub")
+def test_shipped_vector_prior_loads_as_a_stable_diffusion_folder():
+    from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
+    from pds_nerfstudio.synthetic.vector_prior import EMBEDDED_VECTOR_PRIOR
+
+    if not (EMBEDDED_VECTOR_PRIOR / "model_index.json").is_file():
+        pytest.skip("the toy vector prior is not in this tree")
+    prior = DiffusionPrior(DiffusionPriorConfig(model_id=str(EMBEDDED_VECTOR_PRIOR), dtype="fp32", device="cpu"))
+    assert prior.native_resolution == 64
+    red, blue = prior.text_embeddings(["a red circle", "a blue circle"])
+    assert not torch.allclose(red, blue)
+    recipe = json.loads((EMBEDDED_VECTOR_PRIOR / "toy_prior_recipe.json").read_text())
+    assert recipe["recipe"]["shapes"] == ["circle", "square", "rectangle"] and recipe["threads"] == 1

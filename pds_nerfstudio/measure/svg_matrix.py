@@ -8,8 +8,9 @@ and a target caption that changes one shape's colour. It runs the edit of ``pds-
 :func:`pds_nerfstudio.svg.edit.edit_drawing`, points and colours optimised, the supplement's timestep range of each
 method) with the toy vector prior, no prompt suffix (the toy prior knows only its captions), and measures:
 
-- target reached: the edited shape's fill (the SVG's own fill value) is nearest the target colour among the
-  palette's 12, and its RGB distance to that colour;
+- target reached: the edited shape's fill as a viewer sees it (its colour at its opacity over what is under it:
+  the background rectangle or white) is nearest the target colour among the palette's 12, and its RGB distance to
+  that colour;
 - the other shapes kept: their fills' RGB distance to the source's, and how far their control points moved (the
   largest displacement, as a fraction of the canvas side); the edited shape's own displacement too;
 - the background kept: PSNR of the edited render against the source render over the pixels that no shape covers
@@ -117,7 +118,7 @@ def measure(edit: SvgEdit, source, edited, method: str, seconds: float) -> EditM
     shapes = [c for c in changes if c.name != "background"]
     target = shapes[edit.edited]
     others = [c for i, c in enumerate(shapes) if i != edit.edited]
-    after = tuple(edited.fill_colour[target.index].tolist())
+    after = seen_fill(edited, target.index, [c.index for c in changes if c.name == "background"])
     canvas = max(source.width, source.height)
     size = 128
     with torch.no_grad():
@@ -135,6 +136,37 @@ def measure(edit: SvgEdit, source, edited, method: str, seconds: float) -> EditM
         others_displacement=max((c.displacement_max / canvas for c in others), default=None),
         background_psnr=10 * math.log10(1 / max(mse, 1e-10)), seconds=seconds,
     )  # fmt: skip
+
+
+def seen_fill(scene, shape: int, backgrounds: list[int]) -> tuple[float, float, float]:  # noqa: ANN001
+    """The colour a viewer sees of a shape's fill: its RGB at its alpha over the background rectangle (itself over
+    white), or over white."""
+    under = torch.ones(3, dtype=scene.fill_colour.dtype)
+    for k in backgrounds:
+        rgba = scene.fill_colour[k].detach().cpu()
+        under = rgba[:3] * rgba[3] + under * (1 - rgba[3])
+    rgba = scene.fill_colour[shape].detach().cpu()
+    return tuple((rgba[:3] * rgba[3] + under * (1 - rgba[3])).tolist())  # type: ignore[return-value]
+
+
+def remeasure(out_dir: Path) -> list[EditMeasure]:
+    """The measures of a finished matrix, again, from the SVG files it wrote (and its timings)."""
+    from pds_nerfstudio.svg.parse import load_svg
+
+    results = json.loads((out_dir / "results.json").read_text())
+    seconds = {(m["edit"], m["method"]): m["seconds"] for m in results["measures"]}
+    by_name = {edit.name: edit for edit in EDITS}
+    measures = []
+    for entry in results["edits"]:
+        edit = by_name[entry["name"]]
+        source = load_svg(out_dir / f"{edit.name}.svg")
+        for method in results["methods"]:
+            edited = load_svg(out_dir / f"{edit.name}.{method}.svg")
+            measures.append(measure(edit, source, edited, method, seconds[(edit.name, method)]))
+    results["measures"] = [asdict(m) for m in measures]
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out_dir / "table.md").write_text(table(measures, results["methods"]))
+    return measures
 
 
 def _only(scene, shapes: list[int]):  # noqa: ANN001, ANN202
@@ -236,8 +268,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--edits", nargs="+", default=None, choices=[e.name for e in EDITS])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--remeasure", action="store_true", help="measure a finished OUT_DIR again from its SVG files")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.remeasure:
+        results = json.loads((args.out_dir / "results.json").read_text())
+        print(table(remeasure(args.out_dir), results["methods"]))
+        return 0
     from pds_nerfstudio.synthetic.vector_prior import EMBEDDED_VECTOR_PRIOR
 
     edits = EDITS if args.edits is None else tuple(e for e in EDITS if e.name in args.edits)

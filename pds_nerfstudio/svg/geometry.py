@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from pds_nerfstudio.svg.scene import CAPS, CUBIC, JOINS, LINE, QUADRATIC, VectorScene
+from pds_nerfstudio.svg.scene import CAPS, JOINS, LINE, QUADRATIC, VectorScene
 
 DEFAULT_TOLERANCE = 0.05
 """Largest distance in pixels between a curve and its chords."""
