@@ -21,7 +21,6 @@ Defaults and why:
 
 from __future__ import annotations
 
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,11 +34,14 @@ from jaxtyping import Float
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
+from pds_nerfstudio.cli.common import UsageError, fail, load_prior, one_line_warnings, save_sheet
 from pds_nerfstudio.data.image_io import save_png, to_8bit
 from pds_nerfstudio.guidance import sdedit, surrogate_loss
 from pds_nerfstudio.prior.lora import check_lora
 from pds_nerfstudio.guidance.options import GuidanceOptions, validate_guidance_scale
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
+
+__all__ = ["EditImageConfig", "UsageError", "entrypoint", "fit_image", "load_image", "main", "validate_config"]
 
 PROG = "pds-edit-image"
 DESCRIPTION = (
@@ -97,10 +99,6 @@ class EditImageConfig:
     """Replace result.png / side_by_side.png in OUTPUT_DIR if they exist."""
     prior: DiffusionPriorConfig = field(default_factory=DiffusionPriorConfig)
     """The Stable Diffusion prior."""
-
-
-class UsageError(Exception):
-    """A problem with the command line or the input files; reported in one line, exit status 2."""
 
 
 def guidance_options(config: EditImageConfig) -> GuidanceOptions:
@@ -223,16 +221,6 @@ def edit_latent(
     return latent
 
 
-def quiet_hub_libraries() -> None:
-    """No weight-loading progress bars or info chatter from transformers / diffusers on the console."""
-    import diffusers
-    import transformers
-
-    for library in (diffusers, transformers):
-        library.utils.logging.set_verbosity_error()
-        library.utils.logging.disable_progress_bar()
-
-
 def main(config: EditImageConfig) -> Path:
     """Run the edit; returns the path of result.png.
 
@@ -246,12 +234,7 @@ def main(config: EditImageConfig) -> Path:
         config.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"--output-dir {config.output_dir}: cannot create it ({err.strerror or err})") from err
-    quiet_hub_libraries()
-    prior = DiffusionPrior(config.prior, option_prefix="--prior.")
-    try:
-        prior.load()
-    except ValueError as err:  # dtype / device options
-        raise UsageError(str(err)) from err
+    prior = load_prior(config.prior)
     resolution = config.resolution or prior.native_resolution
     source = fit_image(image, resolution, prior.vae_scale_factor)
 
@@ -264,32 +247,23 @@ def main(config: EditImageConfig) -> Path:
 
     result_path = config.output_dir / RESULT_NAME
     save_png(result.permute(1, 2, 0), result_path)
-    save_png(torch.cat([source, result], dim=-1).permute(1, 2, 0), config.output_dir / SIDE_BY_SIDE_NAME)
+    save_sheet([source, result], config.output_dir / SIDE_BY_SIDE_NAME)
     return result_path
-
-
-def _format_warning(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001
-    return f"{PROG}: warning: {message}\n"
 
 
 def entrypoint() -> None:
     """Console script ``pds-edit-image``: errors are one line on stderr, never a traceback."""
     config = tyro.cli(EditImageConfig, description=DESCRIPTION)
-    warnings.formatwarning = _format_warning
+    warnings.formatwarning = one_line_warnings(PROG)
     try:
         result = main(config)
     except UsageError as err:
-        _fail(str(err), 2)
+        fail(PROG, str(err), 2)
     except PriorLoadError as err:
-        _fail(str(err), 1)
+        fail(PROG, str(err), 1)
     except KeyboardInterrupt:
-        _fail("interrupted", 130)
+        fail(PROG, "interrupted", 130)
     print(f"wrote {result} and {result.parent / SIDE_BY_SIDE_NAME}")
-
-
-def _fail(message: str, status: int) -> None:
-    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(status)
 
 
 if __name__ == "__main__":
