@@ -83,7 +83,8 @@ def nearest_colour(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, 
 
 
 def nearest_colour_rgb(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, float, float]] = PALETTE) -> str:
-    """The palette colour nearest to ``rgb`` in Euclidean linear RGB: the rule before 2026-12-06, kept to compare."""
+    """The palette colour nearest to ``rgb`` in Euclidean RGB: the fidelity matrix's rule before 2026-12-06, and the
+    SVG matrix's, whose flat fills carry no shading (a fill is compared with the palette in the palette's own space)."""
     names = list(colours)
     distances = np.linalg.norm(np.asarray([colours[n] for n in names]) - np.asarray(rgb)[None], axis=1)
     return names[int(distances.argmin())]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from pds_nerfstudio.measure.fidelity_measures import nearest_colour_rgb as nearest_colour  # flat fills: no shading to divide out
 from pds_nerfstudio.synthetic.flat_shapes import FlatShape, caption_of, drawing_svg
 from pds_nerfstudio.synthetic.procedural_scene import PALETTE
 
@@ -87,10 +88,6 @@ EDITS: tuple[SvgEdit, ...] = (
 )  # fmt: skip
 """The matrix: three one-shape edits (one on a pale background rectangle), three where only one of two shapes must
 change."""
-
-
-def nearest_colour(rgb: tuple[float, ...]) -> str:
-    return min(PALETTE, key=lambda name: math.dist(PALETTE[name], rgb[:3]))
 
 
 @dataclass
