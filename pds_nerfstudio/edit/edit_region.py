@@ -7,17 +7,17 @@ prompts disagree in that view alone; views disagree at the edges and some miss p
    source reconstruction's depth;
 2. a voxel grid around the masked points (the box of those within Tukey's fences on every axis, so that the
    far points of a mask's edge that spills onto the sky or the distance do not size it; grown by `margin` of its
-   size on each side) takes, in each voxel, the mean of the masks of the pixels whose points fall in it: a voxel is in the
-   region when most views that see it say so (> 0.5);
-3. the region is dilated by `dilation` voxels and then by a ball of `grow` times the masked points' size (so
-   that a shape may grow into the space around the object: a sphere's box holds a cube of its size only when
-   grown by 0.21 of its diameter, at the cube's corners), and softened by a box filter of `softness` voxels;
-4. any view's region, training view or not, is the most of the grid's values along each pixel's ray, up to one
-   voxel behind the surface it sees (trilinear; 0 outside the grid): so the same 3D region is seen from every
-   camera, an object in front of the region hides it, and the pixels whose rays pass through the region's grown
-   space on their way to the ground behind the object are in it too (there a grown shape will be drawn). The
-   region is a shell around the masked surfaces (the masks' pixels vote at their surface points), which every
-   ray into the object crosses where it meets the surface.
+   size on each side) takes, in each voxel, the mean of the masks of the pixels whose points fall in it: a voxel is
+   in the region when most views that see it say so (> 0.5). Only its main connected parts are kept (stray voxels
+   that a reconstruction's floaters or foggy depths vote in are not), and the vote is taken again on a grid around
+   them, so that the object, not the spread of the depths, sets the grid's size;
+3. the region is dilated by `dilation` voxels and softened by a box filter of `softness` voxels;
+4. any view's region, training view or not, is the grid's value at its pixels' surface points (trilinear; 0
+   outside the grid), so the same 3D region is seen from every camera. With `grow` > 0 (:func:`grow_in_view`) each
+   view's region then grows by a disc of `grow` times its own width: a shape edit draws outside the object it
+   starts from (a sphere's region must grow by 0.21 of its width to hold a cube of its size), where the source
+   scene's surface is the ground behind, which the 3D region does not hold. The growth is drawn in the image
+   because it needs no depth of that ground: a reconstruction's depth of a plain ground can lie far behind it.
 """
 
 from __future__ import annotations
@@ -52,34 +52,6 @@ class RegionGrid:
         sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return sampled.reshape(points.shape[:-1])
 
-    def along_rays(
-        self,
-        origins: Float[Tensor, "*batch 3"],
-        directions: Float[Tensor, "*batch 3"],
-        ray_depth: Float[Tensor, "*batch"],
-        chunk: int = 16384,
-    ) -> Float[Tensor, "*batch"]:
-        """The most of the region along each (unit) ray from where it enters the grid's box to one voxel behind its
-        surface at `ray_depth`, sampled every voxel and at the surface point itself."""
-        shape = ray_depth.shape
-        origins, directions = origins.reshape(-1, 3).float(), directions.reshape(-1, 3).float()
-        ray_depth = ray_depth.reshape(-1).float()
-        lower, upper = self.lower.to(origins), self.upper.to(origins)
-        voxel = float(((upper - lower) / self.values.shape[0]).max())
-        steps = int(math.ceil(float((upper - lower).norm()) / voxel)) + 1
-        out = torch.empty_like(ray_depth)
-        for start in range(0, len(ray_depth), chunk):
-            o, d, depth = origins[start : start + chunk], directions[start : start + chunk], ray_depth[start : start + chunk]
-            inverse = 1 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-            near_far = torch.stack([(lower - o) * inverse, (upper - o) * inverse])  # the box's slabs
-            enter = near_far.min(0).values.max(-1).values.clamp_min(0)
-            leave = torch.minimum(near_far.max(0).values.min(-1).values, depth + voxel)
-            t = enter[:, None] + voxel * torch.arange(steps, dtype=o.dtype)[None]
-            values = self.lookup(o[:, None] + t[..., None] * d[:, None]) * (t <= leave[:, None])
-            at_surface = self.lookup(o + depth[:, None] * d)
-            out[start : start + chunk] = torch.maximum(values.max(-1).values, at_surface)
-        return out.reshape(shape)
-
     def state(self) -> dict:
         return {"lower": self.lower.cpu(), "upper": self.upper.cpu(), "values": self.values.cpu()}
 
@@ -103,7 +75,6 @@ def fuse(
     dilation: int = 2,
     softness: int = 1,
     valid: Bool[Tensor, "views height width"] | None = None,
-    grow: float = 0.0,
 ) -> RegionGrid:
     """The region that most views' `masks` (in [0, 1]) agree on, at their pixels' surface `points` (see the module).
 
@@ -116,25 +87,58 @@ def fuse(
     inside = masks > 0.5
     if not bool(inside.any()):
         raise EmptyRegionError("no pixel of any view is in the edit region: the prior finds nothing to edit")
-    low, high = inlier_box(points[inside])
-    size = (high - low).max().clamp_min(1e-6)  # a cube, so that voxels are cubes
-    centre = (low + high) / 2
-    margin = max(margin, grow + 2 * (dilation + softness + 1) / resolution)  # room for the growth inside the grid
-    lower, upper = centre - size * (0.5 + margin), centre + size * (0.5 + margin)
+    margin = max(margin, 2 * (dilation + softness + 1) / resolution)  # room for the dilation inside the grid
+    lower, upper = cube_around(*inlier_box(points[inside]), margin)
+    region = main_components(vote(points, masks, lower, upper, resolution) > 0.5)
+    if bool(region.any()):  # again on a grid around the region found: a reconstruction's stray depths (a mask's
+        cells = region.nonzero()  # pixels on floaters or on a far, foggy ground) sized the first grid, not the object
+        cell = (upper - lower) / resolution
+        lower, upper = cube_around(lower + cells.min(0).values * cell, lower + (cells.max(0).values + 1) * cell, margin)
+        region = main_components(vote(points, masks, lower, upper, resolution) > 0.5)
+    region = region.float()[None, None]
+    if dilation > 0:
+        region = F.max_pool3d(region, 2 * dilation + 1, stride=1, padding=dilation)
+    if softness > 0:
+        region = F.avg_pool3d(region, 2 * softness + 1, stride=1, padding=softness, count_include_pad=False)
+    return RegionGrid(lower, upper, region[0, 0])
+
+
+def cube_around(low: Float[Tensor, "3"], high: Float[Tensor, "3"], margin: float) -> tuple[Tensor, Tensor]:
+    """The cube (so that voxels are cubes) centred on the box [low, high], its largest side grown by `margin` of it
+    on each side."""
+    size, centre = (high - low).max().clamp_min(1e-6), (low + high) / 2
+    return centre - size * (0.5 + margin), centre + size * (0.5 + margin)
+
+
+def vote(points: Float[Tensor, "n 3"], masks: Float[Tensor, "n"], lower: Tensor, upper: Tensor,
+         resolution: int) -> Float[Tensor, "res res res"]:  # fmt: skip
+    """The mean mask of the points in each voxel of the grid over [lower, upper] (0 where none falls)."""
     cell = ((points - lower) / (upper - lower) * resolution).floor().long()
     in_grid = ((cell >= 0) & (cell < resolution)).all(-1)
     index = (cell[in_grid] * torch.tensor([resolution * resolution, resolution, 1])).sum(-1)
     total = torch.zeros(resolution**3).index_add_(0, index, masks[in_grid])
     count = torch.zeros(resolution**3).index_add_(0, index, torch.ones_like(masks[in_grid]))
-    vote = (total / count.clamp_min(1)).reshape(resolution, resolution, resolution)
-    region = (vote > 0.5).float()[None, None]
-    if dilation > 0:
-        region = F.max_pool3d(region, 2 * dilation + 1, stride=1, padding=dilation)
-    if grow > 0:
-        region = dilate_by_ball(region, grow * resolution / (1 + 2 * margin))
-    if softness > 0:
-        region = F.avg_pool3d(region, 2 * softness + 1, stride=1, padding=softness, count_include_pad=False)
-    return RegionGrid(lower, upper, region[0, 0])
+    return (total / count.clamp_min(1)).reshape(resolution, resolution, resolution)
+
+
+MAIN_COMPONENT_SHARE = 0.1
+"""A connected part of the voted region is kept when it has at least this share of the largest part's voxels."""
+
+
+def main_components(region: Bool[Tensor, "d h w"]) -> Bool[Tensor, "d h w"]:
+    """The connected parts (26-neighbours) of `region` with at least MAIN_COMPONENT_SHARE of the largest's voxels:
+    the object, without the stray voxels that a few pixels' wrong depths vote in."""
+    if not bool(region.any()):
+        return region
+    labels = torch.where(region, torch.arange(1, region.numel() + 1, dtype=torch.float32).reshape(region.shape), 0.0)
+    while True:  # every voxel takes the largest label among its neighbours in the region, until none changes
+        spread = F.max_pool3d(labels[None, None], 3, stride=1, padding=1)[0, 0] * region
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    sizes = torch.bincount(labels.long().reshape(-1))
+    sizes[0] = 0
+    return region & (sizes[labels.long()] >= MAIN_COMPONENT_SHARE * sizes.max())
 
 
 def box_grid(
@@ -161,15 +165,18 @@ def box_grid(
     return RegionGrid(lower, upper, region[0, 0])
 
 
-def dilate_by_ball(region: Float[Tensor, "1 1 d h w"], radius: float) -> Float[Tensor, "1 1 d h w"]:
-    """Binary `region` grown by every voxel within `radius` voxels (Euclidean) of it."""
+def grow_in_view(region: Float[Tensor, "height width"], grow: float) -> Float[Tensor, "height width"]:
+    """A view's `region` (in [0, 1]) grown by a disc of radius `grow` times the region's width, its equivalent
+    diameter 2 sqrt(area / pi) over the pixels above 0.5; the soft edge is kept outside the disc. 0: unchanged."""
+    inside = region > 0.5
+    radius = grow * 2 * math.sqrt(float(inside.sum()) / math.pi)
     reach = int(math.floor(radius))
     if reach < 1:
         return region
-    offsets = torch.arange(-reach, reach + 1, dtype=torch.float32)
-    ball = (offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None, :] ** 2) <= radius**2
-    touched = F.conv3d(region, ball.float()[None, None], padding=reach)
-    return (touched > 0.5).float()
+    offsets = torch.arange(-reach, reach + 1, dtype=torch.float32, device=region.device)
+    disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
+    touched = F.conv2d(inside.float()[None, None], disc[None, None], padding=reach)[0, 0] > 0.5
+    return torch.maximum(region, touched.to(region))
 
 
 def inlier_box(points: Float[Tensor, "n 3"]) -> tuple[Float[Tensor, "3"], Float[Tensor, "3"]]:

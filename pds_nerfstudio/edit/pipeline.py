@@ -42,6 +42,7 @@ from pds_nerfstudio.edit.region_store import (
     estimate_region,
     folder_masks,
     region_in_views,
+    region_seen_along,
 )
 from pds_nerfstudio.edit.render_store import RenderStore
 from pds_nerfstudio.edit.convergence import LossPlateau, RenderConvergence
@@ -137,9 +138,9 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     edit_region_dilation: int = 1
     """With edit-region auto: voxels by which the fused region grows (a margin at the masks' edge)."""
     edit_region_grow: float = 0.0
-    """With edit-region auto: the fused region also grows by this fraction of its size in every direction (a ball),
-    so that a shape edit can draw outside the object it starts from (a sphere's region holds a cube of its size at
-    0.21); 0: the masks' own region, for edits of colour or material."""
+    """With an edit region: each view's region grows by a disc of this fraction of its width, so that a shape edit can
+    draw outside the object it starts from (a sphere's region holds a cube of its size at 0.21); 0: the region
+    itself, for edits of colour or material."""
     edit_region_keep_mult: float = 10.0
     """With an edit region: weight of a stage-1 loss that keeps each render outside the region at the source
     scene's render (squared colour distance, averaged over pixels; measured in docs/editing.md); 0: the guidance
@@ -340,7 +341,8 @@ class EditPipeline(VanillaPipeline):
                           "scene, which the edit has already changed")  # fmt: skip
         cameras = self.datamanager.train_dataset.cameras.to(self.device)
         if self.config.edit_region == "box":
-            region = region_in_views(self.scene, cameras, self.datamanager.num_train_images, self.user_box())
+            region = region_in_views(self.scene, cameras, self.datamanager.num_train_images, self.user_box(),
+                                     self.config.edit_region_grow)  # fmt: skip
             self.region_store.write(self.run_dir, region)
             return region
         prompts = (self.live.guidance.source_prompt, self.live.guidance.target_prompt)
@@ -377,10 +379,10 @@ class EditPipeline(VanillaPipeline):
         self.show_region(region.grid if region is not None else None)
 
     def show_region(self, grid: Optional[RegionGrid]) -> None:
-        """The output `edit_region` of the scene's renders (the viewer's output list, `ns-render`): `grid` along
-        each ray up to the surface (None: no such output)."""
+        """The output `edit_region` of the scene's renders (the viewer's output list, `ns-render`): `grid` at each
+        pixel's surface point, grown as the training views' are (None: no such output)."""
         self._region_grid = grid
-        self.scene.show_output(REGION_OUTPUT, grid.along_rays if grid is not None else None)
+        self.scene.show_output(REGION_OUTPUT, region_seen_along(grid, self.config.edit_region_grow) if grid is not None else None)
 
     def gradient_norm(self) -> float:
         """Norm of the gradients that the last back-propagation left on the scene's trainable parameters."""

@@ -7,8 +7,8 @@ source scene's depth (:func:`pds_nerfstudio.edit.edit_region.fuse`), and the fus
 every training view. Written under the run directory:
 
 - `edit_region/<image name>.png`: each training view's region (8-bit grey: 255 edits freely, 0 keeps the source);
-- `edit_region/region.pt`: the 3D grid (any camera's region is its most along the camera's rays, up to the
-  surface: :meth:`RegionGrid.along_rays`);
+- `edit_region/region.pt`: the 3D grid (any camera's region is its value at the camera's surface points, grown in
+  the image by `--pipeline.edit-region-grow`);
 - `renders/reconstruction/<image name>.png`: the source scene's render of each view, which stage 2 keeps outside
   the region.
 """
@@ -31,13 +31,13 @@ from nerfstudio.utils.rich_utils import get_progress
 
 from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.edit import draws
-from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, surface_points
+from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, grow_in_view, surface_points
 from pds_nerfstudio.edit.render_store import RenderStore
 from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.guidance.edit_mask import DiffEditSettings, diffedit_maps
 from pds_nerfstudio.guidance.resizing import to_prior_input
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior
-from pds_nerfstudio.scenes.base import SceneAdapter
+from pds_nerfstudio.scenes.base import RayValue, SceneAdapter
 
 REGION_FOLDER = "edit_region"
 REGION_OUTPUT = "edit_region"
@@ -143,14 +143,15 @@ def estimate_region(
             rays.append(ray)
             renders.append(render)
     points = torch.stack([surface_points(*ray) for ray in rays])
-    grid = fuse(points, torch.stack(masks), resolution=resolution, dilation=dilation, grow=grow)
-    return seen_region(grid, rays, renders)
+    grid = fuse(points, torch.stack(masks), resolution=resolution, dilation=dilation)
+    return seen_region(grid, rays, renders, grow)
 
 
-def region_in_views(scene: SceneAdapter, cameras: Cameras, num_views: int, grid: RegionGrid) -> EditRegion:
+def region_in_views(scene: SceneAdapter, cameras: Cameras, num_views: int, grid: RegionGrid,
+                    grow: float = 0.0) -> EditRegion:  # fmt: skip
     """A given 3D region (a user's box) as every training view of the source scene `scene` sees it."""
     rays, renders = zip(*(surface_rays(scene, cameras, view) for view in range(num_views)))
-    return seen_region(grid, list(rays), list(renders))
+    return seen_region(grid, list(rays), list(renders), grow)
 
 
 Rays = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width 3"], Float[Tensor, "height width"]]
@@ -164,10 +165,20 @@ def surface_rays(scene: SceneAdapter, cameras: Cameras, view: int) -> Tuple[Rays
     return (bundle.origins.cpu(), bundle.directions.cpu(), depth.cpu().float()), rgb.cpu()
 
 
-def seen_region(grid: RegionGrid, rays: Sequence[Rays], renders: Sequence[Tensor]) -> EditRegion:
-    """Every view's region (the grid along its rays, :meth:`RegionGrid.along_rays`) and source render, quantised as
-    the run's 8-bit PNGs hold them, so that a resumed run sees the same values."""
-    views = torch.stack([grid.along_rays(*ray) for ray in rays])
+def region_seen_along(grid: RegionGrid, grow: float) -> RayValue:
+    """A view's region from its rays: the grid at their surface points, grown in the image by `grow` of its width
+    (:func:`pds_nerfstudio.edit.edit_region.grow_in_view`)."""
+
+    def value(origins: Tensor, directions: Tensor, depth: Tensor) -> Tensor:
+        return grow_in_view(grid.lookup(surface_points(origins, directions, depth)), grow)
+
+    return value
+
+
+def seen_region(grid: RegionGrid, rays: Sequence[Rays], renders: Sequence[Tensor], grow: float = 0.0) -> EditRegion:
+    """Every view's region (:func:`region_seen_along`) and source render, quantised as the run's 8-bit PNGs hold
+    them, so that a resumed run sees the same values."""
+    views = torch.stack([region_seen_along(grid, grow)(*ray) for ray in rays])
     return EditRegion(RenderStore.quantise(views), RenderStore.quantise(torch.stack(list(renders))), grid)
 
 
