@@ -1,4 +1,5 @@
-"""One edit region for every view: per-view masks fused in 3D with the source scene's depth (plain torch).
+"""One edit region for every view: per-view masks fused in 3D with the source scene's depth (torch; scipy fills
+a view's holes).
 
 Each training view's mask (DiffEdit's, :mod:`pds_nerfstudio.guidance.edit_mask`) says where the prior thinks the
 prompts disagree in that view alone; views disagree at the edges and some miss parts of the object. Fusing them:
@@ -13,8 +14,9 @@ prompts disagree in that view alone; views disagree at the edges and some miss p
    them, so that the object, not the spread of the depths, sets the grid's size;
 3. the region is dilated by `dilation` voxels and softened by a box filter of `softness` voxels;
 4. any view's region, training view or not, is the grid's value at its pixels' surface points (trilinear; 0
-   outside the grid), so the same 3D region is seen from every camera. With `grow` > 0 (:func:`grow_in_view`) each
-   view's region then grows by a disc of `grow` times its own width: a shape edit draws outside the object it
+   outside the grid), so the same 3D region is seen from every camera; its holes are filled (:func:`grow_in_view`:
+   a face that most views' masks left out, enclosed by the object's outline). With `grow` > 0 each view's region
+   then grows by a disc of `grow` times its own width: a shape edit draws outside the object it
    starts from (a sphere's region must grow by 0.21 of its width to hold a cube of its size), where the source
    scene's surface is the ground behind, which the 3D region does not hold. The growth is drawn in the image
    because it needs no depth of that ground: a reconstruction's depth of a plain ground can lie far behind it.
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
+from scipy.ndimage import binary_fill_holes
 from torch import Tensor
 
 
@@ -166,17 +169,18 @@ def box_grid(
 
 
 def grow_in_view(region: Float[Tensor, "height width"], grow: float) -> Float[Tensor, "height width"]:
-    """A view's `region` (in [0, 1]) grown by a disc of radius `grow` times the region's width, its equivalent
-    diameter 2 sqrt(area / pi) over the pixels above 0.5; the soft edge is kept outside the disc. 0: unchanged."""
+    """A view's `region` (in [0, 1]) with its holes filled (pixels the region encloses: a lit face that some views'
+    masks left out, inside the object's outline), then grown by a disc of radius `grow` times the region's width,
+    its equivalent diameter 2 sqrt(area / pi) over the pixels above 0.5; the soft edge is kept outside."""
     inside = region > 0.5
-    radius = grow * 2 * math.sqrt(float(inside.sum()) / math.pi)
+    filled = torch.from_numpy(binary_fill_holes(inside.cpu().numpy())).to(inside.device)
+    radius = grow * 2 * math.sqrt(float(filled.sum()) / math.pi)
     reach = int(math.floor(radius))
-    if reach < 1:
-        return region
-    offsets = torch.arange(-reach, reach + 1, dtype=torch.float32, device=region.device)
-    disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
-    touched = F.conv2d(inside.float()[None, None], disc[None, None], padding=reach)[0, 0] > 0.5
-    return torch.maximum(region, touched.to(region))
+    if reach >= 1:
+        offsets = torch.arange(-reach, reach + 1, dtype=torch.float32, device=region.device)
+        disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
+        filled = F.conv2d(filled.float()[None, None], disc[None, None], padding=reach)[0, 0] > 0.5
+    return torch.maximum(region, filled.to(region))
 
 
 def inlier_box(points: Float[Tensor, "n 3"]) -> tuple[Float[Tensor, "3"], Float[Tensor, "3"]]:
