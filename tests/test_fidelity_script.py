@@ -5,6 +5,7 @@ comes from the script's defaults.)"""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,8 @@ def test_fidelity_measures_a_shape_edit_against_its_answer(user_env: dict[str, s
     assert after["colours"] == before["colours"] and after["background_psnr"] == pytest.approx(before["background_psnr"])
     assert "guidance_scale: 3.0" in (root / "runs" / "scene" / "pds" / "pds+low" / "config.yml").read_text()
     assert set(report["goals"]["variants"]) == {"pds+low"} and "- pds+low against pds (1 chains)" in more.stdout
+    assert all(extended["runs"][run]["seconds"][stage] > 0 for run in ("pds", "pds+low") for stage in ("pds", "refinement"))
+    assert re.search(r"- pds\+low against pds \(1 chains\): \d+ of \d+ iterations \(\d+%\) in \d+ s against \d+ s", more.stdout)
 
 
 def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str, str], tmp_path: Path) -> None:

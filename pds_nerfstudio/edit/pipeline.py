@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type
@@ -253,7 +254,10 @@ class EditPipeline(VanillaPipeline):
         self.refinement_plateau = LossPlateau(config.convergence_threshold, config.convergence_patience)
         self._resumed_rng: Optional[Dict[str, Any]] = None
         self.stage_ends: dict = {}
-        """Each ended stage's last step, iterations, cap and why it ended (also run_dir/stage_ends.json)."""
+        """Each ended stage's last step, iterations, cap, why it ended and the seconds this process ran it (also
+        run_dir/stage_ends.json)."""
+        self._stage_started: Dict[Stage, float] = {}
+        """When this process began each stage's first step (time.perf_counter); a resumed stage from its resume."""
         self._prior = DiffusionPrior(config.prior)  # not a Module: its weights stay out of checkpoints
         self.live = LiveSettings(config.guidance_options(), config.render_scale)
         self.pds = PdsStage(config, self.live, self.scene, self.datamanager, self.prior, self.schedule, self.device)
@@ -430,6 +434,8 @@ class EditPipeline(VanillaPipeline):
     def _record_stage_end(self, stage: Stage, step: int, cap: int, reason: str) -> str:
         iterations = step - self.schedule.start(stage) + 1
         self.stage_ends[stage.value] = {"last_step": step, "iterations": iterations, "cap": cap, "reason": reason}
+        if stage in self._stage_started:
+            self.stage_ends[stage.value]["seconds"] = round(time.perf_counter() - self._stage_started[stage], 2)
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "stage_ends.json").write_text(json.dumps(self.stage_ends, indent=2) + "\n")
@@ -510,8 +516,12 @@ class EditPipeline(VanillaPipeline):
         callbacks = super().get_training_callbacks(training_callback_attributes)
         if training_callback_attributes.trainer is not None:
             self.run_dir = Path(training_callback_attributes.trainer.base_dir)
+        callbacks.append(TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._before_step))
         callbacks.append(TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._after_step))
         return callbacks
+
+    def _before_step(self, step: int) -> None:
+        self._stage_started.setdefault(self.schedule.stage_at(step), time.perf_counter())
 
     def _after_step(self, step: int) -> None:
         if not self.schedule.is_last_step_of_stage(step):

@@ -71,8 +71,9 @@ EQUAL_BACKGROUND_DB = 0.5
 def variant_comparison(results: list[dict], labels: list[str]) -> dict:
     """Each variant ("pds+NAME", "pds-splat+NAME") against its method at the matrix's options, on the chains that ran
     both: mean iterations run (stages 1 + 2), target success after stage 2 (mean of training and held-out views; a
-    shape edit's is the target shape), background PSNR after stage 2 and, on shape edits, the IoU against the target
-    shape. Chains that ran only one of the two are left out."""
+    shape edit's is the target shape), background PSNR after stage 2, on shape edits the IoU against the target
+    shape, and the wall time of stages 1 + 2 where every run timed them. Chains that ran only one of the two are
+    left out."""
     out = {}
     for label in labels:
         base = label.partition("+")[0]
@@ -85,7 +86,7 @@ def variant_comparison(results: list[dict], labels: list[str]) -> dict:
 
         def mean(pick, which, only_shape=False):
             values = [pick(pair[which]) for pair in pairs if pair[2] or not only_shape]
-            return float(np.mean(values)) if values else None
+            return float(np.mean(values)) if values and None not in values else None
 
         def iterations(run):
             return run["iterations"]["pds"] + run["iterations"]["refinement"]
@@ -99,11 +100,15 @@ def variant_comparison(results: list[dict], labels: list[str]) -> dict:
         def target_iou(run):
             return run["refinement"]["train"].get("target_shape_iou")
 
+        def seconds(run):  # stages 1 + 2; None where a run did not time both (written before they were timed)
+            timed = [run.get("seconds", {}).get(stage) for stage in ("pds", "refinement")]
+            return None if None in timed else sum(timed)
+
         out[label] = {
             "against": base, "chains": len(pairs),
             **{f"{name}_{side}": mean(pick, index, only_shape=name == "target_iou")
                for name, pick in (("iterations", iterations), ("success", success), ("background", background),
-                                  ("target_iou", target_iou))
+                                  ("target_iou", target_iou), ("seconds", seconds))
                for side, index in (("base", 0), ("variant", 1))},
         }  # fmt: skip
     return out
@@ -119,9 +124,11 @@ def variant_goal_lines(goals: dict) -> list[str]:
         met = share <= FEWER_ITERATIONS + 1e-9 and points >= -EQUAL_SUCCESS_POINTS and db >= -EQUAL_BACKGROUND_DB
         shape = (f", IoU against the target shape {g['target_iou_variant']:.3f} against {g['target_iou_base']:.3f}"
                  if g["target_iou_base"] is not None else "")  # fmt: skip
+        timed = (f" in {g['seconds_variant']:.0f} s against {g['seconds_base']:.0f} s"
+                 if g.get("seconds_base") is not None and g.get("seconds_variant") is not None else "")  # fmt: skip
         lines.append(
             f"- {label} against {g['against']} ({g['chains']} chains): {g['iterations_variant']:.0f} of "
-            f"{g['iterations_base']:.0f} iterations ({100 * share:.0f}%), reads as target {100 * g['success_variant']:.0f}% "
+            f"{g['iterations_base']:.0f} iterations ({100 * share:.0f}%){timed}, reads as target {100 * g['success_variant']:.0f}% "
             f"against {100 * g['success_base']:.0f}% ({points:+.0f} points), background {g['background_variant']:.1f} "
             f"against {g['background_base']:.1f} dB ({db:+.1f}){shape} (goal: at most a third of the iterations, success "
             f"within {EQUAL_SUCCESS_POINTS:g} point, background within {EQUAL_BACKGROUND_DB:g} dB): "

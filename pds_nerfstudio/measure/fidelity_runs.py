@@ -244,6 +244,7 @@ def measure_chain(root: Path) -> dict:
             target_truth,
         )
         measured["iterations"] = iterations
+        measured["seconds"] = stage_seconds(run_dir)
         result["runs"][label] = measured
     (root / "measures.json").write_text(json.dumps(result, indent=2) + "\n")
     np.savez_compressed(root / "renders.npz", **{k: np.round(v * 255).astype(np.uint8) for k, v in renders.items()})
@@ -259,6 +260,14 @@ def run_stage_ends(run_dir: Path, caps: dict[str, int], pds_cap: int) -> tuple[d
         return ({stage: ended[stage]["last_step"] for stage in STAGES},
                 {stage: ended[stage]["iterations"] for stage in STAGES})  # fmt: skip
     return dict(caps), {"pds": pds_cap, "refinement": caps["refinement"] - caps["pds"]}
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float | None]:
+    """The wall time of stages 1 and 2 of a run, in seconds (run_dir/stage_ends.json; None for a run written before
+    edits timed their stages, or a stage that a resumed process did not run from its start)."""
+    path = run_dir / "stage_ends.json"
+    ended = json.loads(path.read_text()) if path.is_file() else {}
+    return {stage: ended.get(stage, {}).get("seconds") for stage in STAGES}
 
 
 def prompts_of(chain: Chain, template: str) -> tuple[str, str]:
