@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn, Sequence
+import warnings
+from typing import Callable, NoReturn, Sequence, TypeVar
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from pds_nerfstudio.data.image_io import save_png
-from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
 
 
 class UsageError(Exception):
@@ -23,6 +24,24 @@ def fail(prog: str, message: str, status: int) -> NoReturn:
     """`prog: error: message` on one line of stderr, then exit with `status`."""
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(status)
+
+
+Config = TypeVar("Config")
+Result = TypeVar("Result")
+
+
+def run_command(prog: str, main: Callable[[Config], Result], config: Config) -> Result:
+    """A console script's `main(config)` with warnings on one line each; bad options or input (UsageError, exit 2),
+    a prior that cannot be loaded (exit 1) and Ctrl-C (exit 130) end in one `error:` line, never a traceback."""
+    warnings.formatwarning = one_line_warnings(prog)
+    try:
+        return main(config)
+    except UsageError as err:
+        fail(prog, str(err), 2)
+    except PriorLoadError as err:
+        fail(prog, str(err), 1)
+    except KeyboardInterrupt:
+        fail(prog, "interrupted", 130)
 
 
 def one_line_warnings(prog: str) -> Callable[..., str]:

@@ -21,7 +21,6 @@ Defaults and why:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -34,12 +33,12 @@ from jaxtyping import Float
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from pds_nerfstudio.cli.common import UsageError, fail, load_prior, one_line_warnings, save_sheet
+from pds_nerfstudio.cli.common import UsageError, load_prior, run_command, save_sheet
 from pds_nerfstudio.data.image_io import save_png, to_8bit
 from pds_nerfstudio.guidance import sdedit, surrogate_loss
 from pds_nerfstudio.prior.lora import check_lora
 from pds_nerfstudio.guidance.options import GuidanceOptions, validate_guidance_scale
-from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig, PriorLoadError
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
 
 __all__ = ["EditImageConfig", "UsageError", "entrypoint", "fit_image", "load_image", "main", "validate_config"]
 
@@ -254,15 +253,7 @@ def main(config: EditImageConfig) -> Path:
 def entrypoint() -> None:
     """Console script ``pds-edit-image``: errors are one line on stderr, never a traceback."""
     config = tyro.cli(EditImageConfig, description=DESCRIPTION)
-    warnings.formatwarning = one_line_warnings(PROG)
-    try:
-        result = main(config)
-    except UsageError as err:
-        fail(PROG, str(err), 2)
-    except PriorLoadError as err:
-        fail(PROG, str(err), 1)
-    except KeyboardInterrupt:
-        fail(PROG, "interrupted", 130)
+    result = run_command(PROG, main, config)
     print(f"wrote {result} and {result.parent / SIDE_BY_SIDE_NAME}")
 
 

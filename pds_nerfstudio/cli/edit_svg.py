@@ -17,7 +17,6 @@ each step; the render composited over white; the prompt suffix of their 'iconogr
 from __future__ import annotations
 
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -25,10 +24,10 @@ from typing import Literal
 import torch
 import tyro
 
-from pds_nerfstudio.cli.common import UsageError, fail, load_prior, one_line_warnings, save_sheet
+from pds_nerfstudio.cli.common import UsageError, load_prior, run_command, save_sheet
 from pds_nerfstudio.guidance.options import GuidanceOptions
 from pds_nerfstudio.guidance.resizing import prior_size
-from pds_nerfstudio.prior.stable_diffusion import DiffusionPriorConfig, PriorLoadError
+from pds_nerfstudio.prior.stable_diffusion import DiffusionPriorConfig
 
 PROG = "pds-edit-svg"
 DESCRIPTION = (
@@ -218,15 +217,7 @@ def main(config: EditSvgConfig) -> Path:
 def entrypoint() -> None:
     """Console script ``pds-edit-svg``: errors are one line on stderr, never a traceback."""
     config = tyro.cli(EditSvgConfig, description=DESCRIPTION)
-    warnings.formatwarning = one_line_warnings(PROG)
-    try:
-        result = main(config)
-    except UsageError as err:
-        fail(PROG, str(err), 2)
-    except PriorLoadError as err:
-        fail(PROG, str(err), 1)
-    except KeyboardInterrupt:
-        fail(PROG, "interrupted", 130)
+    result = run_command(PROG, main, config)
     print(f"wrote {result}, {result.parent / PNG_NAME} and {result.parent / SHEET_NAME}")
 
 
