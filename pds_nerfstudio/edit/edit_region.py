@@ -1,5 +1,5 @@
-"""One edit region for every view: per-view masks fused in 3D with the source scene's depth (torch; scipy fills
-a view's holes).
+"""One edit region for every view: per-view masks fused in 3D with the source scene's depth (plain
+torch).
 
 Each training view's mask (DiffEdit's, :mod:`pds_nerfstudio.guidance.edit_mask`) says where the prior thinks the
 prompts disagree in that view alone; views disagree at the edges and some miss parts of the object. Fusing them:
@@ -30,7 +30,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
-from scipy.ndimage import binary_fill_holes
 from torch import Tensor
 
 
@@ -172,8 +171,7 @@ def grow_in_view(region: Float[Tensor, "height width"], grow: float) -> Float[Te
     """A view's `region` (in [0, 1]) with its holes filled (pixels the region encloses: a lit face that some views'
     masks left out, inside the object's outline), then grown by a disc of radius `grow` times the region's width,
     its equivalent diameter 2 sqrt(area / pi) over the pixels above 0.5; the soft edge is kept outside."""
-    inside = region > 0.5
-    filled = torch.from_numpy(binary_fill_holes(inside.cpu().numpy())).to(inside.device)
+    filled = fill_holes(region > 0.5)
     radius = grow * 2 * math.sqrt(float(filled.sum()) / math.pi)
     reach = int(math.floor(radius))
     if reach >= 1:
@@ -181,6 +179,20 @@ def grow_in_view(region: Float[Tensor, "height width"], grow: float) -> Float[Te
         disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
         filled = F.conv2d(filled.float()[None, None], disc[None, None], padding=reach)[0, 0] > 0.5
     return torch.maximum(region, filled.to(region))
+
+
+def fill_holes(inside: Bool[Tensor, "height width"]) -> Bool[Tensor, "height width"]:
+    """`inside` and every pixel that no 4-connected path of outside pixels joins to the image's border (what
+    scipy.ndimage.binary_fill_holes does, in plain torch so that an edit needs no scipy; a test holds the two)."""
+    outside = ~inside
+    reached = torch.zeros_like(inside)
+    reached[[0, -1], :], reached[:, [0, -1]] = outside[[0, -1], :], outside[:, [0, -1]]
+    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], device=inside.device)
+    while True:  # the outside reached from the border grows by one 4-neighbour step until it stops
+        grown = (F.conv2d(reached.float()[None, None], cross[None, None], padding=1)[0, 0] > 0) & outside
+        if torch.equal(grown, reached):
+            return ~reached
+        reached = grown
 
 
 def inlier_box(points: Float[Tensor, "n 3"]) -> tuple[Float[Tensor, "3"], Float[Tensor, "3"]]:
