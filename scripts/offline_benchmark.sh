@@ -11,7 +11,7 @@
 # ../shared/tools/gpu-wheels.sh downloads them). Nothing outside PDS_SITE (default /tmp/pds_site) changes.
 # --checks: first run tests/test_cuda.py (the fast paths against their plain references on the GPU); the
 # benchmark runs either way, and the script exits non-zero when a check failed.
-# --edit-check SCENE OUT_DIR: then scripts/edit_check.py, a short `ns-train pds` through every stage on SCENE and
+# --edit-check SCENE OUT_DIR: then scripts/edit_check.py, a short `ns-train pds` and `ns-train pds-splat` through every stage on SCENE and
 # `ns-render` of its held-out views, into OUT_DIR (without the prior's weights or the run's checkpoints). The prior of both the edit check and
 # the benchmark is then one pipeline of PDS_PRIOR_ARCH (sd15, the default, or tiny) with random weights, built once.
 # PDS_EDIT_CHECK_ARGS: more edit_check.py options (a CPU rehearsal's smaller sizes, e.g. "--iterations 6 3 6").

@@ -8,8 +8,9 @@ prior of Stable Diffusion 1.5's architecture (random weights built offline: the 
 same dtypes as real weights) for a few iterations of each stage (reconstruction, PDS, SDEdit
 refinement), with everything else at the `pds` defaults (on CUDA: the fp16 prior, the compiled hash
 encoding, deferred back-propagation under nerfstudio's mixed precision), then `ns-render dataset` of
-the held-out views. It checks what each wrote: a checkpoint at the end of every stage, no non-finite
-step, and frames of the held-out views at the scene's size. It prints a table of the steps, their
+the held-out views; then the same with `ns-train pds-splat` (gsplat's rasteriser on CUDA, the plain-torch
+one on CPU). It checks what each wrote: a checkpoint at the end of every stage, no non-finite step, and
+frames of the held-out views at the scene's size. It prints a table of the steps, their
 times and what was checked (also written to OUT/edit_check.md) and exits non-zero when a check failed.
 
 The scene folder is only read. Where pds_nerfstudio is importable but not installed (the offline GPU
@@ -19,6 +20,7 @@ machine), the method reaches `ns-train` through nerfstudio's NERFSTUDIO_METHOD_C
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -58,10 +60,15 @@ def resolve_prior(choice: str, out_dir: Path) -> Path:
     return build_tiny_prior(out_dir / f"prior-{choice}", architecture=choice, torch_dtype=dtype)
 
 
-def train_command(scene: Path, prior: Path, runs: Path, iterations: list[int], options: list[str]) -> list[str]:
+METHODS = ("pds", "pds-splat")
+
+
+def train_command(
+    method: str, scene: Path, prior: Path, runs: Path, iterations: list[int], options: list[str]
+) -> list[str]:
     reconstruction, pds, refinement = iterations
     return [
-        console_script("ns-train"), "pds", "--data", str(scene), "--output-dir", str(runs), "--timestamp", RUN_TIMESTAMP,
+        console_script("ns-train"), method, "--data", str(scene), "--output-dir", str(runs), "--timestamp", RUN_TIMESTAMP,
         "--pipeline.source-prompt", SOURCE_PROMPT, "--pipeline.target-prompt", TARGET_PROMPT,
         "--pipeline.prior.model-id", str(prior),
         "--pipeline.reconstruction-iterations", str(reconstruction), "--pipeline.pds-iterations", str(pds),
@@ -121,7 +128,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--prior", default="sd15", help="sd15, tiny (random weights, built here) or a pipeline folder")
     parser.add_argument("--iterations", type=int, nargs=3, default=[30, 20, 20], metavar=("RECON", "PDS", "REFINE"),
                         help="iterations of each stage (stage 2 SDEdits a view every 10 by default)")  # fmt: skip
-    parser.add_argument("--options", nargs=argparse.REMAINDER, default=[], help="more ns-train options, last")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="the edits to run")
+    parser.add_argument("--splat-options", default="", metavar="'OPTIONS'",
+                        help="more ns-train pds-splat options, one quoted string (--splat-options='--a 1 --b 2')")
+    parser.add_argument("--options", nargs=argparse.REMAINDER, default=[], help="more ns-train pds options, last")
     args = parser.parse_args(argv)
     try:
         validate_scene(args.scene)
@@ -138,17 +148,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     prior = resolve_prior(args.prior, args.out_dir)
     steps.append(Step(f"prior {args.prior}", time.monotonic() - started, True, str(prior)))
 
-    runs = args.out_dir / "runs"
-    train_log = args.out_dir / "ns-train.log"
-    seconds, status = run("ns-train pds", train_command(args.scene, prior, runs, args.iterations, args.options), env, train_log)
-    run_dir = runs / args.scene.name / "pds" / RUN_TIMESTAMP
-    steps.append(Step(f"ns-train pds, {' + '.join(map(str, args.iterations))} iterations", seconds,
-                      *check_training(run_dir, train_log, args.iterations, status)))  # fmt: skip
+    for method in args.methods:
+        first = method == "pds"  # its rows, logs and frames keep the names they had before splats were checked
+        tag, suffix = ("", "") if first else (f"-{method}", f" ({method})")
+        options = args.options if first else shlex.split(args.splat_options)
+        command = train_command(method, args.scene, prior, args.out_dir / "runs", args.iterations, options)
+        train_log = args.out_dir / f"ns-train{tag}.log"
+        seconds, status = run(f"ns-train {method}", command, env, train_log)
+        run_dir = args.out_dir / "runs" / args.scene.name / method / RUN_TIMESTAMP
+        steps.append(Step(f"ns-train {method}, {' + '.join(map(str, args.iterations))} iterations", seconds,
+                          *check_training(run_dir, train_log, args.iterations, status)))  # fmt: skip
 
-    frames = args.out_dir / "frames"
-    seconds, status = run("ns-render", render_command(run_dir / "config.yml", frames), env, args.out_dir / "ns-render.log")
-    steps.append(Step("ns-render dataset --split test", seconds,
-                      *check_frames(frames, image_size(args.scene), status)))  # fmt: skip
+        frames = args.out_dir / f"frames{tag}"
+        seconds, status = run("ns-render", render_command(run_dir / "config.yml", frames), env,
+                              args.out_dir / f"ns-render{tag}.log")  # fmt: skip
+        steps.append(Step(f"ns-render dataset --split test{suffix}", seconds,
+                          *check_frames(frames, image_size(args.scene), status)))  # fmt: skip
 
     text = report(steps, f"Edit check on {device}, scene {args.scene.name}, prior {args.prior}, torch {torch.__version__}")
     (args.out_dir / "edit_check.md").write_text(text + "\n")
