@@ -32,6 +32,15 @@ def shown(args: Sequence[object]) -> str:
     return shlex.join([head, *map(str, args[1:])])
 
 
+METHOD_CONFIGS = {
+    "pds": "pds_nerfstudio.method_configs:pds_method",
+    "pds-nerfacto": "pds_nerfstudio.method_configs:pds_nerfacto_method",
+    "pds-splat": "pds_nerfstudio.method_configs:pds_splat_method",
+    "pds-splatfacto": "pds_nerfstudio.method_configs:pds_splatfacto_method",
+}
+"""The plugin's methods, as pyproject.toml's nerfstudio.method_configs entry points name them (a test holds the two)."""
+
+
 def command_env(one_thread: bool = True) -> dict[str, str]:
     """This environment for the commands: the hub offline (priors are local folders), output unbuffered, and
     the plugin reachable by `ns-train` and `ns-render` even where it is importable but not installed (the
@@ -45,7 +54,7 @@ def command_env(one_thread: bool = True) -> dict[str, str]:
     if one_thread and "OMP_NUM_THREADS" not in os.environ:
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     if "pds" not in entry_points(group="nerfstudio.method_configs").names:
-        env["NERFSTUDIO_METHOD_CONFIGS"] = "pds=pds_nerfstudio.method_configs:pds_method"
+        env["NERFSTUDIO_METHOD_CONFIGS"] = ",".join(f"{name}={target}" for name, target in METHOD_CONFIGS.items())
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     return env
 

@@ -27,13 +27,17 @@ def test_without_the_plugin_installed_ns_train_finds_pds_through_nerfstudios_var
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     env = commands.command_env()
     assert env["PYTHONPATH"].split(":") == [str(commands.REPO), "/elsewhere"]
-    # nerfstudio 1.1.5 reads "name=module:attribute" from it; under another name, so the entry point cannot stand in.
-    name, target = env["NERFSTUDIO_METHOD_CONFIGS"].split("=")
-    monkeypatch.setenv("NERFSTUDIO_METHOD_CONFIGS", f"pds-from-variable={target}")
+    # nerfstudio 1.1.5 reads "name=module:attribute,..." from it; under other names, so the entry points cannot stand in.
+    definitions = dict(definition.split("=") for definition in env["NERFSTUDIO_METHOD_CONFIGS"].split(","))
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    with open(commands.REPO / "pyproject.toml", "rb") as file:
+        declared = tomllib.load(file)["project"]["entry-points"]["nerfstudio.method_configs"]
+    assert definitions == declared  # every method of the plugin: pds-splat too
+    monkeypatch.setenv("NERFSTUDIO_METHOD_CONFIGS", ",".join(f"{name}-from-variable={target}" for name, target in definitions.items()))
     from nerfstudio.plugins.registry import discover_methods
 
     methods, _ = discover_methods()
-    assert name == "pds" and methods["pds-from-variable"].method_name == "pds"
+    assert {name: methods[f"{name}-from-variable"].method_name for name in definitions} == {name: name for name in definitions}
 
 
 def test_a_command_is_shown_as_typed_and_its_output_goes_to_the_console_and_the_log(
