@@ -23,6 +23,7 @@ from nerfstudio.engine.trainer import TrainerConfig  # noqa: E402
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig  # noqa: E402
 from nerfstudio.plugins.types import MethodSpecification  # noqa: E402
 
+from pds_nerfstudio.data.dataparser import PDSNerfstudioDataParserConfig  # noqa: E402
 from pds_nerfstudio.data.datamanager import PDSDataManagerConfig  # noqa: E402
 from pds_nerfstudio.data.full_image_datamanager import PDSFullImageDataManagerConfig  # noqa: E402
 from pds_nerfstudio.edit.pipeline import EditPipelineConfig  # noqa: E402
@@ -131,7 +132,7 @@ pds_method = MethodSpecification(
 
 def splat_datamanager() -> PDSFullImageDataManagerConfig:
     """Whole images, with splatfacto's seed points read from the scene (`ply_file_path` in transforms.json)."""
-    return PDSFullImageDataManagerConfig(dataparser=NerfstudioDataParserConfig(load_3D_points=True))
+    return PDSFullImageDataManagerConfig(dataparser=PDSNerfstudioDataParserConfig(load_3D_points=True))
 
 
 pds_splatfacto_method = MethodSpecification(
