@@ -112,7 +112,9 @@ def test_fidelity_measures_a_shape_edit_against_its_answer(user_env: dict[str, s
     report = json.loads((out / "fidelity.json").read_text())
     (extended,) = report["chains"]
     assert list(extended["runs"]) == ["pds", "pds+low"]
-    before, after = (c["runs"]["pds"]["refinement"]["train"] for c in (chain, extended))  # the same run, measured again
+    before, after = (c["runs"]["pds"]["refinement"]["train"] for c in (chain, extended))  # the same run, kept
+    measure_log = (root / "logs" / "measure.log").read_text()
+    assert "pds: unchanged since the chain's earlier measures, kept" in measure_log and "pds+low: unchanged" not in measure_log
     assert after["colours"] == before["colours"] and after["background_psnr"] == pytest.approx(before["background_psnr"])
     assert "guidance_scale: 3.0" in (root / "runs" / "scene" / "pds" / "pds+low" / "config.yml").read_text()
     assert set(report["goals"]["variants"]) == {"pds+low"} and "- pds+low against pds (1 chains)" in more.stdout

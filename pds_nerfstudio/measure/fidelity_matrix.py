@@ -134,14 +134,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              'auto"; NAME@nerfacto or NAME@splat runs it on that scene kind only; repeatable')
     parser.add_argument("--extend", action="store_true",
                         help="OUT_DIR holds an earlier call's chains: run only the runs they lack (their scenes and "
-                             "reconstructions are kept), then measure every chain again")
+                             "reconstructions are kept), then measure the new runs (the others keep their measures "
+                             "where the same measures wrote them)")
     parser.add_argument("--options", nargs=argparse.REMAINDER, default=[],
                         help="more `ns-train pds` options for every edit (last on the line)")
     parser.add_argument("--workers", type=int, default=2, help="chains run at once (one torch thread each)")
     parser.add_argument("--clip-model", type=Path, default=None, help="CLIP folder: adds directional similarity")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
-    parser.add_argument("--measure-only", action="store_true", help="measure the runs already in OUT_DIR again")
+    parser.add_argument("--measure-only", action="store_true", help="measure the runs already in OUT_DIR again, all")
     parser.add_argument("--measure-chain", action="store_true", help=argparse.SUPPRESS)  # internal: one chain
+    parser.add_argument("--measure-all", action="store_true", help=argparse.SUPPRESS)  # internal: reuse no measure
     return parser.parse_args(argv)
 
 
@@ -285,7 +287,7 @@ def run_chain(args: argparse.Namespace, chain: Chain, prior: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.measure_chain:
-        measure_chain(args.out_dir)
+        measure_chain(args.out_dir, reuse=not args.measure_all)
         return 0
     from pds_nerfstudio.synthetic.embedded_prior import embedded_toy_prior_dir
 
@@ -319,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work(chain: Chain) -> None:
         if args.measure_only:
-            run([*MEASURE_CHAIN, chain.root, "--measure-chain"], chain.root / "logs" / "measure.log", False)
+            run([*MEASURE_CHAIN, chain.root, "--measure-chain", "--measure-all"], chain.root / "logs" / "measure.log",
+                False)  # fmt: skip
         else:
             run_chain(args, chain, prior)
         print(f"fidelity: {chain.name} seed {chain.seed} done ({(time.monotonic() - started) / 60:.1f} min)", flush=True)

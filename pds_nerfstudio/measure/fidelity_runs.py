@@ -178,9 +178,10 @@ def prior_sample_success(prior_dir: Path, truth, target: str, seed: int, guidanc
     return fm.fraction_reading([fm.read_colour(s, v, truth.albedo) for s, v in zip(samples, views)], target.split()[0])
 
 
-def measure_chain(root: Path) -> dict:
+def measure_chain(root: Path, reuse: bool = True) -> dict:
     """Measures one chain's runs; writes root/measures.json and root/renders.npz (for the side-by-side). Every run
-    is measured against the source reconstruction of its own scene kind."""
+    is measured against the source reconstruction of its own scene kind. With `reuse`, a run that the chain's
+    earlier measures.json holds, written by the same MEASURE_VERSION after the run's last checkpoint, keeps them."""
     from pds_nerfstudio.measure import fidelity_measures as fm
 
     settings = json.loads((root / "chain.json").read_text())
@@ -193,8 +194,11 @@ def measure_chain(root: Path) -> dict:
     names = [v.name for v in truth.views]
     truth_images = np.stack([v.image for v in truth.views])
     truth_depths = np.stack([v.depth for v in truth.views])
-    samples = prior_sample_success(Path(settings["prior"]), truth, chain.target, chain.seed, target_truth=target_truth)
-    result = {"chain": settings, "runs": {}, "source_vs_scene": {}, "prior_samples_read_as_target": samples}
+    earlier, earlier_renders = earlier_measures(root) if reuse else (None, {})
+    samples = (earlier["prior_samples_read_as_target"] if earlier else
+               prior_sample_success(Path(settings["prior"]), truth, chain.target, chain.seed, target_truth=target_truth))
+    result = {"measure_version": MEASURE_VERSION, "chain": settings, "runs": {}, "source_vs_scene": {},
+              "prior_samples_read_as_target": samples}  # fmt: skip
     renders = {"scene": truth_images}
     if target_truth is not None:
         renders["target"] = np.stack([v.image for v in target_truth.views])
@@ -224,6 +228,11 @@ def measure_chain(root: Path) -> dict:
         run_dir, caps = chain.run(label), settings["stage_ends"][kind]
         config = yaml_config(run_dir / "config.yml")
         ends, iterations = run_stage_ends(run_dir, caps, config["pds_iterations"])
+        if earlier and unchanged_since(run_dir, earlier, label, (root / "measures.json").stat().st_mtime):  # measured before, by these measures: kept
+            result["runs"][label] = {**earlier["runs"][label], "iterations": iterations, "seconds": stage_seconds(run_dir)}
+            renders.update({f"{label}/{stage}": earlier_renders[f"{label}/{stage}"] for stage in STAGES})
+            print(f"{label}: unchanged since the chain's earlier measures, kept", flush=True)
+            continue
         renderer = RunRenderer(run_dir / "config.yml")
         measured = {}
         for stage in STAGES:
@@ -249,6 +258,27 @@ def measure_chain(root: Path) -> dict:
     (root / "measures.json").write_text(json.dumps(result, indent=2) + "\n")
     np.savez_compressed(root / "renders.npz", **{k: np.round(v * 255).astype(np.uint8) for k, v in renders.items()})
     return result
+
+
+MEASURE_VERSION = 2
+"""Raised whenever a measure changes (2: colours read in CIELAB, held-out views the source reads right); a chain's
+earlier measures are reused only when written by the same version."""
+
+
+def earlier_measures(root: Path) -> tuple[dict | None, dict[str, np.ndarray]]:
+    """A chain's earlier measures.json and renders (as floats in [0, 1]) where the same MEASURE_VERSION wrote them."""
+    path = root / "measures.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else None
+    if not earlier or earlier.get("measure_version") != MEASURE_VERSION or not (root / "renders.npz").is_file():
+        return None, {}
+    with np.load(root / "renders.npz") as stored:
+        return earlier, {key: stored[key].astype(np.float64) / 255 for key in stored.files}
+
+
+def unchanged_since(run_dir: Path, earlier: dict, label: str, measured_at: float) -> bool:
+    """Whether a run was measured in `earlier` (written at `measured_at`) and none of its checkpoints is newer."""
+    checkpoints = list((run_dir / "nerfstudio_models").glob("*.ckpt"))
+    return label in earlier["runs"] and bool(checkpoints) and all(c.stat().st_mtime < measured_at for c in checkpoints)
 
 
 def run_stage_ends(run_dir: Path, caps: dict[str, int], pds_cap: int) -> tuple[dict[str, int], dict[str, int]]:
