@@ -1,5 +1,4 @@
-"""One edit region for every view: per-view masks fused in 3D with the source scene's depth (plain
-torch).
+"""One edit region for every view: per-view masks fused in 3D with the source scene's depth (plain torch).
 
 Each training view's mask (DiffEdit's, :mod:`pds_nerfstudio.guidance.edit_mask`) says where the prior thinks the
 prompts disagree in that view alone; views disagree at the edges and some miss parts of the object. Fusing them:
@@ -100,9 +99,14 @@ def fuse(
     region = region.float()[None, None]
     if dilation > 0:
         region = F.max_pool3d(region, 2 * dilation + 1, stride=1, padding=dilation)
-    if softness > 0:
-        region = F.avg_pool3d(region, 2 * softness + 1, stride=1, padding=softness, count_include_pad=False)
-    return RegionGrid(lower, upper, region[0, 0])
+    return RegionGrid(lower, upper, soften(region[0, 0], softness))
+
+
+def soften(region: Float[Tensor, "d h w"], softness: int) -> Float[Tensor, "d h w"]:
+    """`region` averaged over a box of `softness` voxels on each side (a soft edge; the grid's border not padded)."""
+    if softness <= 0:
+        return region
+    return F.avg_pool3d(region[None, None], 2 * softness + 1, stride=1, padding=softness, count_include_pad=False)[0, 0]
 
 
 def cube_around(low: Float[Tensor, "3"], high: Float[Tensor, "3"], margin: float) -> tuple[Tensor, Tensor]:
@@ -155,16 +159,11 @@ def box_grid(
     rotation, centre, scale = rotation.float(), centre.float(), scale.float()
     corners = torch.tensor([[x, y, z] for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]) * scale
     reach = (corners @ rotation.T).abs().max(0).values  # half the box's extent along each world axis
-    size = 2 * reach.max()
-    margin = 2 * (softness + 1) / resolution
-    lower, upper = centre - size * (0.5 + margin), centre + size * (0.5 + margin)
+    lower, upper = cube_around(centre - reach, centre + reach, margin=2 * (softness + 1) / resolution)
     axis = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
     cells = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1)  # [x, y, z] voxel centres in [0, 1]
     local = (lower + cells * (upper - lower) - centre) @ rotation  # R^T (p - T), row-wise
-    region = (local.abs() < scale / 2).all(-1).float()[None, None]
-    if softness > 0:
-        region = F.avg_pool3d(region, 2 * softness + 1, stride=1, padding=softness, count_include_pad=False)
-    return RegionGrid(lower, upper, region[0, 0])
+    return RegionGrid(lower, upper, soften((local.abs() < scale / 2).all(-1).float(), softness))
 
 
 def grow_in_view(region: Float[Tensor, "height width"], grow: float) -> Float[Tensor, "height width"]:
