@@ -248,6 +248,8 @@ def test_a_users_box_is_the_region_and_the_viewer_shows_it(tiny_scene: Path, tin
     assert outputs["edit_region"].shape == (*outputs["rgb"].shape[:2], 1)
     agrees = (outputs["edit_region"][..., 0] - region.views[3]).abs() <= 2 / 255  # a render's depth differs at edges
     assert agrees.float().mean() > 0.99
+    own = pipeline.model.own_outputs_for_camera(cameras[3:4])  # what still renders and the measures read: no region
+    assert "edit_region" not in own and torch.equal(own["rgb"], outputs["rgb"])
 
     state = {key: value for key, value in pipeline.state_dict().items()}
     viewer = tiny_pds_config(tiny_scene, tiny_prior_dir, **options).setup(device="cpu", test_mode="inference")

@@ -301,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = args.out_dir.absolute()
         variants(args)  # refused here, before anything runs
         if args.measure_only and args.extend:
-            raise ValueError("--measure-only and --extend: give one (--extend measures every chain again too)")
+            raise ValueError("--measure-only and --extend: give one (--extend measures its new runs, --measure-only every run)")
         for flag, given in (("--measure-only", args.measure_only), ("--extend", args.extend)):
             if given and not all((c.root / "chain.json").is_file() for c in todo):
                 raise FileNotFoundError(f"{flag}: {out} does not hold the runs of an earlier call with these edits")

@@ -39,8 +39,10 @@ class RunRenderer:
         with torch.no_grad():
             for part, names in zip(self.parts, (self.train_names, self.eval_names)):
                 cameras = part.cameras.to(self.pipeline.device)
+                model = self.pipeline.model  # its own outputs: an edit region's viewer output is not measured
+                own_outputs = getattr(model, "own_outputs_for_camera", model.get_outputs_for_camera)
                 for index, name in enumerate(names):
-                    outputs = self.pipeline.model.get_outputs_for_camera(cameras[index : index + 1])
+                    outputs = own_outputs(cameras[index : index + 1])
                     colours[name] = outputs["rgb"].clamp(0, 1).cpu().numpy()
                     depths[name] = outputs["depth"][..., 0].cpu().numpy() / self.scale
         order = sorted(colours)

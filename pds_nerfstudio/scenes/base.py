@@ -63,10 +63,15 @@ class ExtraOutputs:
     with `--rendered-output-names`. Set through :meth:`SceneAdapter.show_output`."""
 
     def get_outputs_for_camera(self, camera: Cameras, obb_box: Optional[Any] = None) -> Dict[str, Tensor]:
-        outputs = super().get_outputs_for_camera(camera, obb_box=obb_box)  # type: ignore[misc]
+        outputs = self.own_outputs_for_camera(camera, obb_box=obb_box)
         for name, output in getattr(self, "extra_outputs", {}).items():
             outputs[name] = output(camera, outputs)
         return outputs
+
+    def own_outputs_for_camera(self, camera: Cameras, obb_box: Optional[Any] = None) -> Dict[str, Tensor]:
+        """The model's own outputs for `camera`, without the edit's: what the edit's still renders and the fidelity
+        measures read (colour and depth), so that they do not compute the viewer's extra outputs."""
+        return super().get_outputs_for_camera(camera, obb_box=obb_box)  # type: ignore[misc]
 
 
 @dataclass

@@ -126,7 +126,7 @@ class SplatfactoScene(SceneAdapter):
     def _still_outputs(self, cameras: Cameras, view: int) -> Dict[str, Tensor]:
         was_training, info = self.model.training, getattr(self.model, "info", None)
         self.model.eval()
-        outputs = self.model.get_outputs_for_camera(cameras[view : view + 1])
+        outputs = self.model.own_outputs_for_camera(cameras[view : view + 1])  # not the viewer's edit_region
         self.model.train(was_training)
         self.model.info = info  # densification reads the last training render's screen-space gradients
         return outputs
