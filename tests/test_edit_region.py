@@ -237,7 +237,7 @@ def test_a_users_box_is_the_region_and_the_viewer_shows_it(tiny_scene: Path, tin
     pipeline.get_train_loss_dict(pipeline.schedule.start(Stage.PDS))
     region = pipeline.region
     assert region is not None and (tmp_path / "run" / "edit_region" / "region.pt").is_file()
-    box = OrientedBox_within(options)
+    box = inside_box(options)
     for view in range(pipeline.datamanager.num_train_images):  # a pixel is in the region where it sees the box
         _, depth = pipeline.scene.render_surface(cameras, view)
         rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
@@ -259,7 +259,7 @@ def test_a_users_box_is_the_region_and_the_viewer_shows_it(tiny_scene: Path, tin
     torch.testing.assert_close(shown, outputs["edit_region"])
 
 
-def OrientedBox_within(options: dict):
+def inside_box(options: dict):
     from nerfstudio.data.scene_box import OrientedBox
 
     box = OrientedBox.from_params(options["edit_region_obb_center"], (0.0, 0.0, 0.0), options["edit_region_obb_scale"])
