@@ -115,11 +115,21 @@ def test_fidelity_measures_a_shape_edit_against_its_answer(user_env: dict[str, s
     before, after = (c["runs"]["pds"]["refinement"]["train"] for c in (chain, extended))  # the same run, kept
     measure_log = (root / "logs" / "measure.log").read_text()
     assert "pds: unchanged since the chain's earlier measures, kept" in measure_log and "pds+low: unchanged" not in measure_log
+    assert "source reconstruction (nerfacto): unchanged" not in measure_log  # a new run is measured against it
     assert after["colours"] == before["colours"] and after["background_psnr"] == pytest.approx(before["background_psnr"])
     assert "guidance_scale: 3.0" in (root / "runs" / "scene" / "pds" / "pds+low" / "config.yml").read_text()
     assert set(report["goals"]["variants"]) == {"pds+low"} and "- pds+low against pds (1 chains)" in more.stdout
     assert all(extended["runs"][run]["seconds"][stage] > 0 for run in ("pds", "pds+low") for stage in ("pds", "refinement"))
     assert re.search(r"- pds\+low against pds \(1 chains\): \d+ of \d+ iterations \(\d+%\) in \d+ s against \d+ s", more.stdout)
+
+    same = _fidelity([*args, "--extend", "--variant", variant], user_env)  # nothing new: nothing rendered again
+    assert same.returncode == 0, same.stdout[-3000:] + same.stderr[-3000:]
+    assert "$ ns-train" not in same.stdout
+    measure_log = (root / "logs" / "measure.log").read_text()
+    assert "source reconstruction (nerfacto): unchanged since the chain's earlier measures, kept" in measure_log
+    assert "pds+low: unchanged since the chain's earlier measures, kept" in measure_log
+    (again,) = json.loads((out / "fidelity.json").read_text())["chains"]
+    assert again["source_vs_scene"] == extended["source_vs_scene"] and again["runs"]["pds+low"] == extended["runs"]["pds+low"]
 
 
 def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str, str], tmp_path: Path) -> None:

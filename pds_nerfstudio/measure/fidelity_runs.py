@@ -205,7 +205,20 @@ def measure_chain(root: Path, reuse: bool = True) -> dict:
     if target_truth is not None:
         renders["target"] = np.stack([v.image for v in target_truth.views])
     sources, trusted = {}, {}
+    measured_at = (root / "measures.json").stat().st_mtime if earlier else 0.0
+    kept = {label for label in settings["runs"] if earlier and unchanged_since(chain.run(label), earlier, label, measured_at)}
     for kind in settings["stage_ends"]:
+        source_key = f"source{KINDS[kind]['suffix']}"
+        if (earlier and source_key in earlier_renders and kind in earlier["source_vs_scene"]
+                and all(run_kind(label)[0] != kind for label in set(settings["runs"]) - kept)
+                and checkpoints_older_than(chain.reconstruction(kind), measured_at)):  # fmt: skip
+            # no run of this kind to measure: the source reconstruction's measures and renders are kept
+            result["train_views"], result["eval_views"] = earlier["train_views"], earlier["eval_views"]
+            result["source_vs_scene"][kind] = earlier["source_vs_scene"][kind]
+            trusted[kind] = earlier["source_vs_scene"][kind]["eval_views_read_right"]
+            renders[source_key] = earlier_renders[source_key]
+            print(f"source reconstruction ({kind}): unchanged since the chain's earlier measures, kept", flush=True)
+            continue
         renderer = RunRenderer(chain.reconstruction(kind) / "config.yml")
         colours, depths = renderer.render()
         train, held_out = renderer.train_names, renderer.eval_names
@@ -220,7 +233,7 @@ def measure_chain(root: Path, reuse: bool = True) -> dict:
                 [against_truth["colour"][names.index(n)] for n in part_names], source_colour)
                for part, part_names in (("train", train), ("eval", held_out))},
         }  # fmt: skip
-        renders[f"source{KINDS[kind]['suffix']}"] = colours
+        renders[source_key] = colours
         # the held-out views where the source reconstruction itself reads right: there a miss is the edit's
         trusted[kind] = [n for n in held_out if against_truth["colour"][names.index(n)] == source_colour]
         result["source_vs_scene"][kind]["eval_views_read_right"] = trusted[kind]
@@ -230,7 +243,7 @@ def measure_chain(root: Path, reuse: bool = True) -> dict:
         run_dir, caps = chain.run(label), settings["stage_ends"][kind]
         config = yaml_config(run_dir / "config.yml")
         ends, iterations = run_stage_ends(run_dir, caps, config["pds_iterations"])
-        if earlier and unchanged_since(run_dir, earlier, label, (root / "measures.json").stat().st_mtime):  # measured before, by these measures: kept
+        if label in kept:  # measured before, by these measures
             result["runs"][label] = {**earlier["runs"][label], "iterations": iterations, "seconds": stage_seconds(run_dir)}
             renders.update({f"{label}/{stage}": earlier_renders[f"{label}/{stage}"] for stage in STAGES})
             print(f"{label}: unchanged since the chain's earlier measures, kept", flush=True)
@@ -279,8 +292,13 @@ def earlier_measures(root: Path) -> tuple[dict | None, dict[str, np.ndarray]]:
 
 def unchanged_since(run_dir: Path, earlier: dict, label: str, measured_at: float) -> bool:
     """Whether a run was measured in `earlier` (written at `measured_at`) and none of its checkpoints is newer."""
+    return label in earlier["runs"] and checkpoints_older_than(run_dir, measured_at)
+
+
+def checkpoints_older_than(run_dir: Path, measured_at: float) -> bool:
+    """Whether a run has checkpoints and every one of them was written before `measured_at`."""
     checkpoints = list((run_dir / "nerfstudio_models").glob("*.ckpt"))
-    return label in earlier["runs"] and bool(checkpoints) and all(c.stat().st_mtime < measured_at for c in checkpoints)
+    return bool(checkpoints) and all(c.stat().st_mtime < measured_at for c in checkpoints)
 
 
 def run_stage_ends(run_dir: Path, caps: dict[str, int], pds_cap: int) -> tuple[dict[str, int], dict[str, int]]:
