@@ -63,6 +63,18 @@ def test_a_colour_reads_as_itself_brighter_or_darker_and_white_grey_black_apart(
     assert fm.cielab(np.ones(3))[0] == pytest.approx(100.0) and abs(fm.cielab(np.ones(3))[1:]).max() < 1e-3
 
 
+def test_colour_distances_of_an_image_are_the_rule_pixel_by_pixel() -> None:
+    """The array form (prior_colours labels every pixel with it) is the scalar rule, pixel by pixel."""
+    pixels = np.random.default_rng(0).uniform(0, 1, (6, 7, 3))
+    colours = np.asarray(list(PALETTE.values()))
+    distances = fm.colour_distances(pixels, colours)
+    assert distances.shape == (6, 7, len(PALETTE))
+    for index in np.ndindex(6, 7):
+        expected = [fm.colour_distance(pixels[index], c) for c in colours]
+        np.testing.assert_allclose(distances[index], expected, rtol=1e-12)
+        assert list(PALETTE)[int(distances[index].argmin())] == fm.nearest_colour(pixels[index])
+
+
 def test_estimated_albedo_is_exact_for_a_lambertian_pixel_model() -> None:
     rng = np.random.default_rng(0)
     shading = rng.uniform(0.35, 1.0, (8, 8))

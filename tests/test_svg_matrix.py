@@ -54,7 +54,7 @@ def test_measure_sees_moved_points_and_a_repainted_background():
     fill = source.fill_colour.clone()
     fill[0, :3] = torch.tensor([0.9, 0.9, 0.9]) - torch.tensor([0.0, 0.1, 0.0])  # background a little greener
     result = measure(edit, source, source.with_parameters(points=points, fill_colour=fill), "sds", 1.0)
-    assert result.reads_as == "purple" and not result.reached
+    assert result.reads_as == "purple" and not result.reached and result.on_pale
     assert result.edited_displacement == pytest.approx(0.1)
     assert result.others_colour_change is None
     mse = np.mean((np.array([0.9, 0.8, 0.9]) - np.array(svg_matrix.PALE)) ** 2)
@@ -72,6 +72,19 @@ def test_matrix_runs_and_writes_its_files(tmp_path: Path, tiny_prior_dir: Path):
     assert (tmp_path / "matrix.png").is_file() and (tmp_path / f"{EDITS[3].name}.pds.svg").is_file()
 
 
+def test_table_sums_up_every_seed_and_the_pale_backgrounds():
+    def row(seed: int, reached: bool, pale: bool, psnr: float) -> svg_matrix.EditMeasure:
+        return svg_matrix.EditMeasure("e", "pds", "red", "red" if reached else "gray", reached, 0.1, 0.02, None, None,
+                                      psnr, 1.0, on_pale=pale, seed=seed)  # fmt: skip
+
+    rows = [row(0, True, False, 80.0), row(0, False, True, 20.0), row(1, True, False, 70.0), row(1, True, True, 30.0)]
+    summary, _, head, _, *edits = svg_matrix.table(rows, ["pds"]).splitlines()[2:]
+    assert summary == "| PDS | 3 of 4 | 0.100 | - | - | 2.0 | 50.0 | 25.0 |"
+    assert head.startswith("| edit | seed | method |") and edits[1].startswith("| e | 0 | PDS | gray (missed) |")
+    assert "| seed |" not in svg_matrix.table(rows[:2], ["pds"])  # one seed: no seed column
+    assert svg_matrix.EDITS[2].background == svg_matrix.PALE  # the purple rectangle sits on a pale rectangle
+
+
 # ------------------------------------------------------------------ the toy vector prior's data
 
 
@@ -84,6 +97,15 @@ def test_flat_drawing_renders_its_colours():
     assert prior_colours.reads_as_pair(image, ("red", "blue")) and not prior_colours.reads_as_pair(image, ("red", "green"))
     single = render_drawing(shapes[:1], (0.9, 0.95, 1.0), 64).permute(1, 2, 0).numpy() / 255
     assert prior_colours.reads_as_single(single, "red") and not prior_colours.reads_as_single(single, "orange")
+
+
+def test_prior_colours_read_a_darkened_orange_as_orange():
+    """The toy priors' VAE draws the palette's orange (0.95, 0.50, 0.10) darker: (0.77, 0.33, 0.05) is the median
+    of one of the vector prior's "a orange circle" samples (docs/svg.md). The Euclidean RGB rule read it as red;
+    the fidelity matrix's colour rule reads it as orange."""
+    drawn = np.asarray([[[0.77, 0.33, 0.05]]])
+    assert list(PALETTE)[int(prior_colours.palette_labels(drawn)[0, 0])] == "orange"
+    assert list(PALETTE)[int(prior_colours.palette_labels(drawn, "rgb")[0, 0])] == "red"
 
 
 def test_vector_recipe_labels_every_drawing_with_its_caption():

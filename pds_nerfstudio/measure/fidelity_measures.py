@@ -69,10 +69,15 @@ _RGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0
 def colour_distance(rgb: Float[np.ndarray, "3"], other: Float[np.ndarray, "3"]) -> float:
     """CIELAB distance with lightness at LIGHTNESS_WEIGHT: sqrt((w dL)^2 + dC^2 + dH^2), dH the hue difference
     at the two chromas (CIE94's decomposition without its chroma scaling)."""
-    (l1, a1, b1), (l2, a2, b2) = cielab(rgb), cielab(other)
-    c1, c2 = math.hypot(a1, b1), math.hypot(a2, b2)
-    hue = 2 * math.sqrt(c1 * c2) * math.sin((math.atan2(b1, a1) - math.atan2(b2, a2)) / 2)
-    return math.sqrt((LIGHTNESS_WEIGHT * (l1 - l2)) ** 2 + (c1 - c2) ** 2 + hue**2)
+    return float(colour_distances(np.asarray(rgb), np.asarray(other)[None])[0])
+
+
+def colour_distances(rgb: Float[np.ndarray, "*shape 3"], colours: Float[np.ndarray, "k 3"]) -> Float[np.ndarray, "*shape k"]:
+    """:func:`colour_distance` from every colour of ``rgb`` (e.g. an image's pixels) to each of ``colours``."""
+    lab, ref = cielab(rgb)[..., None, :], cielab(colours)
+    c1, c2 = np.hypot(lab[..., 1], lab[..., 2]), np.hypot(ref[:, 1], ref[:, 2])
+    hue = 2 * np.sqrt(c1 * c2) * np.sin((np.arctan2(lab[..., 2], lab[..., 1]) - np.arctan2(ref[:, 2], ref[:, 1])) / 2)
+    return np.sqrt((LIGHTNESS_WEIGHT * (lab[..., 0] - ref[:, 0])) ** 2 + (c1 - c2) ** 2 + hue**2)
 
 
 def nearest_colour(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, float, float]] = PALETTE) -> str:

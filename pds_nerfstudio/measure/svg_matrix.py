@@ -1,7 +1,7 @@
 """The SVG edit matrix: drawings whose right answer is known, edited by PDS, SDS and DDS at equal budgets.
 
     python scripts/svg_matrix.py OUT_DIR [--steps 1000] [--guidance-scale 100] [--methods pds sds dds]
-                                 [--prior PRIOR_DIR] [--edits NAME ...]
+                                 [--prior PRIOR_DIR] [--edits NAME ...] [--seeds 0 1 ...]
 
 Each edit is a drawing of flat shapes (:mod:`pds_nerfstudio.synthetic.flat_shapes`) with a caption that names them,
 and a target caption that changes one shape's colour. It runs the edit of ``pds-edit-svg`` (the same
@@ -16,7 +16,8 @@ method) with the toy vector prior, no prompt suffix (the toy prior knows only it
 - the background kept: PSNR of the edited render against the source render over the pixels that no shape covers
   before or after the edit (a background rectangle, where there is one, counts as background).
 
-Writes OUT_DIR/results.json, OUT_DIR/table.md and OUT_DIR/matrix.png (a row per edit: source, then each method).
+Writes OUT_DIR/results.json, OUT_DIR/table.md and OUT_DIR/matrix.png (a row per edit: source, then each method);
+with several seeds, those of each seed in OUT_DIR/seedN and one table over every seed in OUT_DIR/table.md.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -105,6 +106,9 @@ class EditMeasure:
     others_displacement: float | None
     background_psnr: float
     seconds: float
+    on_pale: bool = False
+    """The drawing sits on a pale background rectangle, a shape the edit may repaint (on white it cannot)."""
+    seed: int = 0
 
 
 def measure(edit: SvgEdit, source, edited, method: str, seconds: float) -> EditMeasure:  # noqa: ANN001
@@ -131,7 +135,7 @@ def measure(edit: SvgEdit, source, edited, method: str, seconds: float) -> EditM
         edited_displacement=target.displacement_max / canvas,
         others_colour_change=max((c.fill_distance for c in others), default=None),
         others_displacement=max((c.displacement_max / canvas for c in others), default=None),
-        background_psnr=10 * math.log10(1 / max(mse, 1e-10)), seconds=seconds,
+        background_psnr=10 * math.log10(1 / max(mse, 1e-10)), seconds=seconds, on_pale=edit.background != (1.0, 1.0, 1.0),
     )  # fmt: skip
 
 
@@ -159,7 +163,8 @@ def remeasure(out_dir: Path) -> list[EditMeasure]:
         source = load_svg(out_dir / f"{edit.name}.svg")
         for method in results["methods"]:
             edited = load_svg(out_dir / f"{edit.name}.{method}.svg")
-            measures.append(measure(edit, source, edited, method, seconds[(edit.name, method)]))
+            measures.append(replace(measure(edit, source, edited, method, seconds[(edit.name, method)]),
+                                    seed=results.get("seed", 0)))
     results["measures"] = [asdict(m) for m in measures]
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "table.md").write_text(table(measures, results["methods"]))
@@ -186,23 +191,29 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def table(measures: list[EditMeasure], methods: list[str]) -> str:
-    """The summary (a row per method) and the per-edit rows, in markdown."""
+    """The summary (a row per method, over every edit and seed) and the per-edit rows, in markdown."""
+    seeds = sorted({m.seed for m in measures})
     lines = ["| method | target reached | fill distance to target | other shapes: colour change (max) | "
-             "other shapes: points moved (% of canvas) | edited shape: points moved (% of canvas) | background PSNR (dB) |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "other shapes: points moved (% of canvas) | edited shape: points moved (% of canvas) | background PSNR (dB) | "
+             "background PSNR, on a pale rectangle (dB) |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for method in methods:
         rows = [m for m in measures if m.method == method]
         others = _mean([m.others_displacement for m in rows])
+        pale = _mean([m.background_psnr for m in rows if m.on_pale])
         lines.append(
             f"| {method.upper()} | {sum(m.reached for m in rows)} of {len(rows)} | {_fmt(_mean([m.target_distance for m in rows]), '.3f')} "
             f"| {_fmt(_mean([m.others_colour_change for m in rows]), '.3f')} | {_fmt(None if others is None else 100 * others, '.1f')} "
-            f"| {_fmt(100 * _mean([m.edited_displacement for m in rows]), '.1f')} | {_fmt(_mean([m.background_psnr for m in rows]), '.1f')} |"
+            f"| {_fmt(100 * _mean([m.edited_displacement for m in rows]), '.1f')} | {_fmt(_mean([m.background_psnr for m in rows]), '.1f')} "
+            f"| {_fmt(pale, '.1f')} |"
         )  # fmt: skip
-    lines += ["", "| edit | method | reads as | fill distance | other shapes: colour / points (%) | edited shape: points (%) | background PSNR | seconds |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    seed_head, seed_rule = ("seed | ", "---|") if len(seeds) > 1 else ("", "")
+    lines += ["", f"| edit | {seed_head}method | reads as | fill distance | other shapes: colour / points (%) | edited shape: points (%) | background PSNR | seconds |",
+              f"|---|{seed_rule}---|---|---|---|---|---|---|"]  # fmt: skip
     for m in measures:
         others = "-" if m.others_colour_change is None else f"{m.others_colour_change:.3f} / {100 * m.others_displacement:.1f}"
-        lines.append(f"| {m.edit} | {m.method.upper()} | {m.reads_as}{'' if m.reached else ' (missed)'} | {m.target_distance:.3f} "
+        seed = f"{m.seed} | " if len(seeds) > 1 else ""
+        lines.append(f"| {m.edit} | {seed}{m.method.upper()} | {m.reads_as}{'' if m.reached else ' (missed)'} | {m.target_distance:.3f} "
                      f"| {others} | {100 * m.edited_displacement:.1f} | {m.background_psnr:.1f} | {m.seconds:.0f} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
@@ -239,7 +250,7 @@ def run_matrix(out_dir: Path, prior_dir: Path, methods: list[str], steps: int, g
             edited = edit_drawing(source, prior, guidance, Optimisation(steps=steps), size, generator)
             seconds = time.perf_counter() - started
             write_svg(edited, out_dir / f"{edit.name}.{method}.svg")
-            result = measure(edit, source, edited, method, seconds)
+            result = replace(measure(edit, source, edited, method, seconds), seed=seed)
             measures.append(result)
             with torch.no_grad():
                 panels.append(render(edited, 128, 128))
@@ -263,21 +274,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", default=["pds", "sds", "dds"], choices=["pds", "sds", "dds"])
     parser.add_argument("--prior", type=Path, default=None, help="prior folder (default: the toy vector prior)")
     parser.add_argument("--edits", nargs="+", default=None, choices=[e.name for e in EDITS])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
+                        help="one matrix per seed (in OUT_DIR/seedN when more than one), and one table over them all")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--remeasure", action="store_true", help="measure a finished OUT_DIR again from its SVG files")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.remeasure:
-        results = json.loads((args.out_dir / "results.json").read_text())
-        print(table(remeasure(args.out_dir), results["methods"]))
-        return 0
-    from pds_nerfstudio.synthetic.vector_prior import EMBEDDED_VECTOR_PRIOR
+        folders = sorted(args.out_dir.glob("seed*/")) or [args.out_dir]
+        measures = [m for folder in folders for m in remeasure(folder)]
+        methods = json.loads((folders[0] / "results.json").read_text())["methods"]
+    else:
+        from pds_nerfstudio.synthetic.vector_prior import EMBEDDED_VECTOR_PRIOR
 
-    edits = EDITS if args.edits is None else tuple(e for e in EDITS if e.name in args.edits)
-    measures = run_matrix(args.out_dir, args.prior or EMBEDDED_VECTOR_PRIOR, args.methods, args.steps,
-                          args.guidance_scale, edits, args.seed, log=lambda m: print(m, flush=True))  # fmt: skip
-    print(table(measures, args.methods))
+        edits = EDITS if args.edits is None else tuple(e for e in EDITS if e.name in args.edits)
+        measures, methods = [], args.methods
+        for seed in args.seeds:
+            folder = args.out_dir / f"seed{seed}" if len(args.seeds) > 1 else args.out_dir
+            measures += run_matrix(folder, args.prior or EMBEDDED_VECTOR_PRIOR, args.methods, args.steps,
+                                   args.guidance_scale, edits, seed, log=lambda m: print(m, flush=True))  # fmt: skip
+    summary = table(measures, methods)
+    if len({m.seed for m in measures}) > 1:
+        (args.out_dir / "table.md").write_text(summary)
+    print(summary)
     return 0
 
 
