@@ -130,6 +130,14 @@ def test_no_guidance_reaches_the_scene_outside_the_region(pipeline) -> None:
     losses["guidance_loss"].backward()
     assert float(metrics["grad_norm"]) > 0.0  # the prior still pulls the image ...
     assert pipeline.gradient_norm() == 0.0  # ... but none of it reaches the scene
+    pipeline.config.edit_region_outside_guidance = 0.25  # a share passed outside the region reaches it
+    try:
+        pipeline.zero_grad()
+        _, losses, _ = pipeline.get_train_loss_dict(step)
+        losses["guidance_loss"].backward()
+        assert pipeline.gradient_norm() > 0.0
+    finally:
+        pipeline.config.edit_region_outside_guidance = 0.0
     half = torch.zeros(count, 32, 32)
     half[:, :, :16] = 1.0
     pipeline.use_region(EditRegion(half, renders))

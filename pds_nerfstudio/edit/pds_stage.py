@@ -31,6 +31,7 @@ class PdsOptions(Protocol):
     pds_loss_mult: float
     log_every: int
     edit_region_keep_mult: float
+    edit_region_outside_guidance: float
 
 
 class PdsStage:
@@ -100,7 +101,8 @@ class PdsStage:
         guidance, prior = self.live.guidance, self.prior()
         size = prior.input_size(*rgb.shape[:2])
         if self.region is not None:  # the same image, whose pixels pass on the gradient in the share of the region
-            weight = self.region.pixel_weight(view, tuple(rgb.shape[:2])).to(rgb)[..., None]
+            floor = self.config.edit_region_outside_guidance
+            weight = floor + (1 - floor) * self.region.pixel_weight(view, tuple(rgb.shape[:2])).to(rgb)[..., None]
             rgb = weight * rgb + (1 - weight) * rgb.detach()
         x0_tgt = prior.encode(to_prior_input(rgb, size))
         x0_src = self.source_latent(view, size) if guidance.needs_source else None

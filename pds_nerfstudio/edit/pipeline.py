@@ -146,6 +146,9 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
     """With an edit region: weight of a stage-1 loss that keeps each render outside the region at the source
     scene's render (squared colour distance, averaged over pixels; measured in docs/editing.md); 0: the guidance
     alone, passed through the region."""
+    edit_region_outside_guidance: float = 0.0
+    """With an edit region: the share of stage 1's guidance gradient that still reaches the scene outside the region
+    (0: none; 1: all of it, as without a region). PDS's source term there pulls the render toward the source."""
     edit_region_masks: Optional[Path] = None
     """With edit-region auto: a folder of your own masks, one image per training image named as it (white edits,
     black keeps), used instead of the prior's DiffEdit masks; they are fused over the views in the same way."""
@@ -211,9 +214,10 @@ class EditPipelineConfig(VanillaPipelineConfig, GuidanceOptions):
             raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region')} auto needs the source prompt: set "
                              f"{flag(OPTION_PREFIX, 'source_prompt')} (the region is where it and the target differ)")
         if (self.edit_region_dilation < 0 or self.edit_region_resolution < 4 or self.edit_region_keep_mult < 0
-                or not 0 <= self.edit_region_grow <= 2):
+                or not 0 <= self.edit_region_grow <= 2 or not 0 <= self.edit_region_outside_guidance <= 1):
             raise ValueError(f"{flag(OPTION_PREFIX, 'edit_region_dilation')}, "
-                             f"{flag(OPTION_PREFIX, 'edit_region_grow')} (at most 2) and "
+                             f"{flag(OPTION_PREFIX, 'edit_region_grow')} (at most 2), "
+                             f"{flag(OPTION_PREFIX, 'edit_region_outside_guidance')} (at most 1) and "
                              f"{flag(OPTION_PREFIX, 'edit_region_keep_mult')} must be >= 0, and "
                              f"{flag(OPTION_PREFIX, 'edit_region_resolution')} >= 4")  # fmt: skip
         if not 0.0 < self.render_scale <= 1.0:
