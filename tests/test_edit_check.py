@@ -37,8 +37,8 @@ def test_a_short_edit_passes_every_check(tiny_scene: Path, tiny_prior_dir: Path,
     rows = _rows((tmp_path / "check" / "edit_check.md").read_text())
     training = rows["ns-train pds, 6 + 3 + 6 iterations"]
     assert training[1] == "yes" and training[2] == "checkpoints at steps 5, 8, 14; 0 non-finite steps"
-    assert rows["ns-render dataset --split test"][1] == "yes"
-    assert rows["ns-render dataset --split test"][2].startswith("1 held-out frames, sizes [(32, 32)]")
+    assert rows["ns-render dataset --split test (pds)"][1] == "yes"
+    assert rows["ns-render dataset --split test (pds)"][2].startswith("1 held-out frames, sizes [(32, 32)]")
     assert "$ ns-train pds --data" in result.stdout  # the user's command
     splats = rows["ns-train pds-splat, 6 + 3 + 6 iterations"]  # the same for Gaussian splats
     assert splats[1] == "yes" and splats[2] == "checkpoints at steps 5, 8, 14; 0 non-finite steps"
@@ -53,4 +53,4 @@ def test_a_failing_step_fails_the_check(tiny_scene: Path, tiny_prior_dir: Path, 
     assert result.returncode == 1
     rows = _rows((tmp_path / "check" / "edit_check.md").read_text())
     assert rows["ns-train pds, 6 + 3 + 6 iterations"][1:] == ["NO", "checkpoints at steps none; 0 non-finite steps"]
-    assert rows["ns-render dataset --split test"][1] == "NO"
+    assert rows["ns-render dataset --split test (pds)"][1] == "NO"

@@ -149,8 +149,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     steps.append(Step(f"prior {args.prior}", time.monotonic() - started, True, str(prior)))
 
     for method in args.methods:
-        first = method == "pds"  # its rows, logs and frames keep the names they had before splats were checked
-        tag, suffix = ("", "") if first else (f"-{method}", f" ({method})")
+        first = method == "pds"  # its logs and frames keep the names they had before splats were checked
+        tag, suffix = ("" if first else f"-{method}"), f" ({method})"
         options = args.options if first else shlex.split(args.splat_options)
         command = train_command(method, args.scene, prior, args.out_dir / "runs", args.iterations, options)
         train_log = args.out_dir / f"ns-train{tag}.log"
