@@ -84,7 +84,8 @@ def nearest_colour(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, 
     """The palette colour nearest to ``rgb`` by :func:`colour_distance`: hue and chroma decide between chromatic
     colours, lightness (at half weight) between white, grey and black. A red whose estimate is a quarter brighter
     than the palette's red stays red (a Euclidean distance in RGB called such a red orange: docs/fidelity.md)."""
-    return min(colours, key=lambda name: colour_distance(np.asarray(rgb), np.asarray(colours[name])))
+    names = list(colours)
+    return names[int(colour_distances(np.asarray(rgb), np.asarray([colours[n] for n in names])).argmin())]
 
 
 def nearest_colour_rgb(rgb: Float[np.ndarray, "3"], colours: dict[str, tuple[float, float, float]] = PALETTE) -> str:

@@ -206,11 +206,11 @@ def measure_chain(root: Path, reuse: bool = True) -> dict:
         renders["target"] = np.stack([v.image for v in target_truth.views])
     sources, trusted = {}, {}
     measured_at = (root / "measures.json").stat().st_mtime if earlier else 0.0
-    kept = {label for label in settings["runs"] if earlier and unchanged_since(chain.run(label), earlier, label, measured_at)}
+    kept = {label for label in settings["runs"] if unchanged_since(chain.run(label), earlier, label, measured_at)} if earlier else set()
+    kinds_to_measure = {run_kind(label)[0] for label in settings["runs"] if label not in kept}
     for kind in settings["stage_ends"]:
         source_key = f"source{KINDS[kind]['suffix']}"
-        if (earlier and source_key in earlier_renders and kind in earlier["source_vs_scene"]
-                and all(run_kind(label)[0] != kind for label in set(settings["runs"]) - kept)
+        if (earlier and kind not in kinds_to_measure and source_key in earlier_renders
                 and checkpoints_older_than(chain.reconstruction(kind), measured_at)):  # fmt: skip
             # no run of this kind to measure: the source reconstruction's measures and renders are kept
             result["train_views"], result["eval_views"] = earlier["train_views"], earlier["eval_views"]

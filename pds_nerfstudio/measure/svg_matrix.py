@@ -28,7 +28,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -111,7 +111,7 @@ class EditMeasure:
     seed: int = 0
 
 
-def measure(edit: SvgEdit, source, edited, method: str, seconds: float) -> EditMeasure:  # noqa: ANN001
+def measure(edit: SvgEdit, source, edited, method: str, seconds: float, seed: int = 0) -> EditMeasure:  # noqa: ANN001
     from pds_nerfstudio.svg.changes import shape_changes
     from pds_nerfstudio.svg.rasterizer import render, render_alpha
 
@@ -135,7 +135,7 @@ def measure(edit: SvgEdit, source, edited, method: str, seconds: float) -> EditM
         edited_displacement=target.displacement_max / canvas,
         others_colour_change=max((c.fill_distance for c in others), default=None),
         others_displacement=max((c.displacement_max / canvas for c in others), default=None),
-        background_psnr=10 * math.log10(1 / max(mse, 1e-10)), seconds=seconds, on_pale=edit.background != (1.0, 1.0, 1.0),
+        background_psnr=10 * math.log10(1 / max(mse, 1e-10)), seconds=seconds, on_pale=edit.background != (1.0, 1.0, 1.0), seed=seed,
     )  # fmt: skip
 
 
@@ -163,8 +163,7 @@ def remeasure(out_dir: Path) -> list[EditMeasure]:
         source = load_svg(out_dir / f"{edit.name}.svg")
         for method in results["methods"]:
             edited = load_svg(out_dir / f"{edit.name}.{method}.svg")
-            measures.append(replace(measure(edit, source, edited, method, seconds[(edit.name, method)]),
-                                    seed=results.get("seed", 0)))
+            measures.append(measure(edit, source, edited, method, seconds[(edit.name, method)], results.get("seed", 0)))
     results["measures"] = [asdict(m) for m in measures]
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out_dir / "table.md").write_text(table(measures, results["methods"]))
@@ -250,7 +249,7 @@ def run_matrix(out_dir: Path, prior_dir: Path, methods: list[str], steps: int, g
             edited = edit_drawing(source, prior, guidance, Optimisation(steps=steps), size, generator)
             seconds = time.perf_counter() - started
             write_svg(edited, out_dir / f"{edit.name}.{method}.svg")
-            result = replace(measure(edit, source, edited, method, seconds), seed=seed)
+            result = measure(edit, source, edited, method, seconds, seed)
             measures.append(result)
             with torch.no_grad():
                 panels.append(render(edited, 128, 128))
