@@ -28,9 +28,12 @@ def test_each_method_composes_its_scene_kind_with_the_one_edit_pipeline() -> Non
     assert type(nerfacto.pipeline) is EditPipelineConfig and type(nerfacto.pipeline.scene) is NerfactoSceneConfig
     assert nerfacto.pipeline.scene.render_chunk_size == 4096 and nerfacto.pipeline.scene.pds_proposal_losses
     assert nerfacto.pipeline.scene_kind is NerfactoScene
-    splat = tyro.cli(AnnotatedBaseConfigUnion, args=["pds-splat", "--pipeline.scene.edit-densify", "True"])
+    held = not SplatfactoSceneConfig.hold_outside_region  # the default's opposite
+    splat = tyro.cli(AnnotatedBaseConfigUnion, args=["pds-splat", "--pipeline.scene.edit-densify", "True",
+                                                     "--pipeline.scene.hold-outside-region", str(held)])  # fmt: skip
     assert type(splat.pipeline) is EditPipelineConfig and type(splat.pipeline.scene) is SplatfactoSceneConfig
     assert splat.pipeline.scene.edit_densify and splat.pipeline.scene_kind is SplatfactoScene
+    assert splat.pipeline.scene.hold_outside_region is held
 
 
 def test_a_bad_scene_option_is_refused_as_the_command_line_spells_it(tiny_scene: Path, tiny_prior_dir: Path) -> None:

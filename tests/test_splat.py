@@ -118,3 +118,37 @@ def test_a_nerfacto_checkpoint_cannot_start_a_splat_edit(
     )  # fmt: skip
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "not a splatfacto scene checkpoint" in result.stderr.strip().splitlines()[-1]
+
+
+def test_an_edit_region_holds_every_gaussian_outside_it() -> None:
+    """`--pipeline.scene.hold-outside-region`: after an Adam step of the edit, the Gaussians centred outside the region
+    are exactly the source's and those inside moved; without a region (or with the option off) all of them move."""
+    from nerfstudio.data.scene_box import SceneBox
+
+    from pds_nerfstudio.scenes.splatfacto import PDSSplatfactoModelConfig, SplatfactoSceneConfig
+
+    torch.manual_seed(0)
+    points = torch.rand(200, 3) * 2 - 1
+    model = PDSSplatfactoModelConfig(sh_degree=1).setup(
+        scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
+        seed_points=(points, torch.randint(0, 256, (200, 3), dtype=torch.uint8)),
+    )  # fmt: skip
+    scene = SplatfactoSceneConfig(hold_outside_region=True).setup(model=model)
+    region = lambda p: (p[:, 0] > 0).float()  # noqa: E731  (half of space)
+    inside = region(model.gauss_params["means"].detach()) > 0
+
+    def one_edit_step() -> dict[str, torch.Tensor]:
+        before = {name: p.detach().clone() for name, p in model.gauss_params.items()}
+        optimizer = torch.optim.Adam(model.gauss_params.values(), lr=0.01)
+        sum(p.square().sum() + p.sum() for p in model.gauss_params.values()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        return {name: (p.detach() - before[name]).flatten(1).abs().amax(1) for name, p in model.gauss_params.items()}
+
+    assert "of 200 Gaussians" in scene.hold_outside(region)
+    for name, moved in one_edit_step().items():
+        assert bool((moved[~inside] == 0).all()) and bool((moved[inside] > 0).all()), name
+    assert scene.hold_outside(None) is None  # every Gaussian trains again
+    assert all(bool((moved > 0).all()) for moved in one_edit_step().values())
+    scene.config.hold_outside_region = False
+    assert scene.hold_outside(region) is None and all(bool((m > 0).all()) for m in one_edit_step().values())

@@ -385,6 +385,10 @@ class EditPipeline(VanillaPipeline):
         viewer shows its 3D region as the output `edit_region`."""
         self.region = self.pds.region = self.refinement.region = region
         self.show_region(region.grid if region is not None else None)
+        grid = region.grid if region is not None else None
+        trained = self.scene.hold_outside(grid.lookup if grid is not None else None)
+        if trained is not None:
+            CONSOLE.print(f"Edit region: the edit trains {trained} and holds the rest as the source scene has it")
 
     def show_region(self, grid: Optional[RegionGrid]) -> None:
         """The output `edit_region` of the scene's renders (the viewer's output list, `ns-render`): `grid` at each

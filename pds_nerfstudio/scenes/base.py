@@ -57,6 +57,10 @@ RayValue = Callable[[Float[Tensor, "*rays 3"], Float[Tensor, "*rays 3"], Float[T
 """A value of every ray (origins, unit directions, distance to the surface it sees): an output the edit adds."""
 
 
+PointValue = Callable[[Float[Tensor, "n 3"]], Float[Tensor, "n"]]
+"""A value of every point in the scene's coordinates (the edit region's, 0 outside it)."""
+
+
 class ExtraOutputs:
     """A model mixin: outputs that an edit adds to the model's renders (`extra_outputs`: name -> a function of the
     camera and the model's own outputs), which nerfstudio's viewer lists beside rgb and depth and `ns-render` renders
@@ -138,6 +142,13 @@ class SceneAdapter(ABC):
         """
         frozen = list(self.model.camera_optimizer.parameters()) if hasattr(self.model, "camera_optimizer") else []
         return freeze(frozen)
+
+    def hold_outside(self, region: Optional[PointValue]) -> Optional[str]:
+        """Where the scene is made of parts placed in space (splats), the edit stages from now on train only the parts
+        centred in `region` (value > 0) and hold the others at what they are; None trains every part again. Returns
+        what is trained, in words (None: nothing is held). A field that all of space shares (nerfacto's hash grid
+        and colour network) has no such parts: it holds nothing."""
+        return None
 
     @abstractmethod
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:

@@ -23,7 +23,7 @@ from nerfstudio.engine.optimizers import AdamOptimizerConfig
 from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 
-from pds_nerfstudio.scenes.base import ExtraOutputs, SceneAdapter, SceneConfig, SceneRender, SurfaceRender
+from pds_nerfstudio.scenes.base import ExtraOutputs, PointValue, SceneAdapter, SceneConfig, SceneRender, SurfaceRender
 from pds_nerfstudio.scenes.nerfacto_offline import lpips_deferred
 from pds_nerfstudio.scenes.rasterizer import rasterization
 
@@ -104,6 +104,10 @@ class SplatfactoScene(SceneAdapter):
 
     config: SplatfactoSceneConfig
 
+    def __init__(self, config: SplatfactoSceneConfig, model: SplatfactoModel) -> None:
+        super().__init__(config, model)
+        self._holds: List[torch.utils.hooks.RemovableHandle] = []
+
     def render_view(self, cameras: Cameras, view: int) -> SceneRender:
         self.model.train()
         return SceneRender(self.model.get_outputs(cameras[view : view + 1])["rgb"])
@@ -141,6 +145,23 @@ class SplatfactoScene(SceneAdapter):
             self.model.strategy.refine_stop_iter = 0
         return super().begin_edit()
 
+    def hold_outside(self, region: Optional[PointValue]) -> Optional[str]:
+        """With `hold_outside_region`, every Gaussian whose centre lies outside `region` takes no gradient in the edit
+        stages: Adam, which moves any parameter with a gradient by up to a full learning rate per step, leaves it
+        exactly as the source scene had it. Which Gaussians are held is decided once, from where they are now."""
+        for handle in self._holds:
+            handle.remove()
+        self._holds = []
+        if region is None or not self.config.hold_outside_region or self.config.edit_densify:
+            return None  # densification replaces the parameters, and with them their gradient hooks
+        params = self.model.gauss_params
+        with torch.no_grad():
+            free = region(params["means"].detach()) > 0
+        for parameter in params.values():
+            weight = free.to(parameter.dtype).view(-1, *([1] * (parameter.dim() - 1)))
+            self._holds.append(parameter.register_hook(lambda grad, weight=weight: grad * weight.to(grad)))
+        return f"the {int(free.sum())} of {len(free)} Gaussians centred in it"
+
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         if "_model.gauss_params.means" not in pipeline_state:
             return "it is not a splatfacto scene checkpoint; start from a run of `ns-train splatfacto` or `ns-train pds-splatfacto`"
@@ -162,3 +183,8 @@ class SplatfactoSceneConfig(SceneConfig):
     edit_densify: bool = False
     """Keep splatfacto's densification (split, duplicate, prune, opacity reset) in the edit stages. Off, as the
     authors' edits are in effect: their runs start past splatfacto's stop_split_at and never densify."""
+    hold_outside_region: bool = True
+    """With an edit region (--pipeline.edit-region): the edit stages train only the Gaussians centred in the region
+    and hold every other one exactly as the source scene has it (measured in docs/editing.md). False: every Gaussian
+    trains, and only the keep loss (stage 1) and the source renders outside the region (stage 2) hold the outside.
+    Not with edit-densify."""
