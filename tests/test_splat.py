@@ -58,6 +58,28 @@ def test_pds_splat_runs_every_stage_and_keeps_each_stages_checkpoint(splat_run: 
     assert not [key for key in state["pipeline"] if "unet" in key or "vae" in key]  # no prior weights
 
 
+def test_a_splat_edit_in_a_box_leaves_every_gaussian_outside_it_as_the_source_had_it(
+    splat_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`ns-train pds-splat --pipeline.edit-region box`: the Gaussians outside the box end both edit stages exactly as
+    the reconstruction left them; those inside were edited; the run keeps which ones (`edit_region/parts.pt`)."""
+    result = run_cli(["ns-train", "pds-splat", "--data", str(splat_scene), "--output-dir", str(tmp_path), "--timestamp",
+                      "edit", *SPLAT_OPTIONS, *_edit_args(tiny_prior_dir, (20, 6, 6)), "--pipeline.edit-region", "box",
+                      "--pipeline.edit-region-obb-center", "0", "0", "0", "--pipeline.edit-region-obb-scale", "1", "1", "1"],
+                     user_env, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / splat_scene.name / "pds-splat" / "edit"
+    parts = torch.load(run / "edit_region" / "parts.pt")
+    assert f"the edit trains the {int(parts.sum())} of {len(parts)} Gaussians" in result.stdout
+    assert 0 < int(parts.sum()) < len(parts)
+    states = [torch.load(run / "nerfstudio_models" / f"step-{step:09d}.ckpt", map_location="cpu")["pipeline"]
+              for step in (19, 31)]  # the reconstruction's end, the edit's end
+    for name in ("means", "features_dc", "opacities", "scales"):
+        source, edited = (state[f"_model.gauss_params.{name}"] for state in states)
+        assert torch.equal(source[~parts], edited[~parts]), name
+    assert not torch.equal(states[0]["_model.gauss_params.features_dc"][parts], states[1]["_model.gauss_params.features_dc"][parts])
+
+
 def test_ns_export_writes_the_edited_splats(splat_run: Path, user_env: dict[str, str], tmp_path: Path) -> None:
     from plyfile import PlyData
 
@@ -120,11 +142,14 @@ def test_a_nerfacto_checkpoint_cannot_start_a_splat_edit(
     assert "not a splatfacto scene checkpoint" in result.stderr.strip().splitlines()[-1]
 
 
-def test_an_edit_region_holds_every_gaussian_outside_it() -> None:
+def test_an_edit_region_holds_every_gaussian_outside_it(tmp_path: Path) -> None:
     """`--pipeline.scene.hold-outside-region`: after an Adam step of the edit, the Gaussians centred outside the region
-    are exactly the source's and those inside moved; without a region (or with the option off) all of them move."""
+    are exactly the source's and those inside moved; without a region (or with the option off) all of them move. The
+    Gaussians it trains are written with the region, so a resumed run holds the same ones wherever they moved."""
     from nerfstudio.data.scene_box import SceneBox
 
+    from pds_nerfstudio.edit.region_store import EditRegion, RegionStore
+    from pds_nerfstudio.edit.render_store import RenderStore
     from pds_nerfstudio.scenes.splatfacto import PDSSplatfactoModelConfig, SplatfactoSceneConfig
 
     torch.manual_seed(0)
@@ -135,7 +160,8 @@ def test_an_edit_region_holds_every_gaussian_outside_it() -> None:
     )  # fmt: skip
     scene = SplatfactoSceneConfig(hold_outside_region=True).setup(model=model)
     region = lambda p: (p[:, 0] > 0).float()  # noqa: E731  (half of space)
-    inside = region(model.gauss_params["means"].detach()) > 0
+    inside = scene.parts_in(region)
+    assert inside is not None and torch.equal(inside, model.gauss_params["means"].detach()[:, 0] > 0)
 
     def one_edit_step() -> dict[str, torch.Tensor]:
         before = {name: p.detach().clone() for name, p in model.gauss_params.items()}
@@ -145,10 +171,13 @@ def test_an_edit_region_holds_every_gaussian_outside_it() -> None:
         optimizer.zero_grad()
         return {name: (p.detach() - before[name]).flatten(1).abs().amax(1) for name, p in model.gauss_params.items()}
 
-    assert "of 200 Gaussians" in scene.hold_outside(region)
+    assert "of 200 Gaussians" in scene.hold_outside(inside)
     for name, moved in one_edit_step().items():
         assert bool((moved[~inside] == 0).all()) and bool((moved[inside] > 0).all()), name
+    store = RegionStore(RenderStore([Path("a.png")]))  # what a resumed run reads back: the same Gaussians
+    store.write(tmp_path, EditRegion(torch.ones(1, 4, 4), torch.zeros(1, 4, 4, 3), None, inside))
+    assert torch.equal(store.read(tmp_path).parts, inside)
     assert scene.hold_outside(None) is None  # every Gaussian trains again
     assert all(bool((moved > 0).all()) for moved in one_edit_step().values())
     scene.config.hold_outside_region = False
-    assert scene.hold_outside(region) is None and all(bool((m > 0).all()) for m in one_edit_step().values())
+    assert scene.parts_in(region) is None

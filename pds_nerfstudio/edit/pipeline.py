@@ -351,8 +351,7 @@ class EditPipeline(VanillaPipeline):
         if self.config.edit_region == "box":
             region = region_in_views(self.scene, cameras, self.datamanager.num_train_images, self.user_box(),
                                      self.config.edit_region_grow)  # fmt: skip
-            self.region_store.write(self.run_dir, region)
-            return region
+            return self.keep_region(region)
         prompts = (self.live.guidance.source_prompt, self.live.guidance.target_prompt)
         if self.config.edit_region_masks is not None:
             mask_of = folder_masks(self.config.edit_region_masks, self.datamanager.train_dataparser_outputs.image_filenames)
@@ -369,6 +368,12 @@ class EditPipeline(VanillaPipeline):
             raise EditRegionError(f"{flag(OPTION_PREFIX, 'edit_region')} auto: {error} between {prompts[0]!r} and "
                                   f"{prompts[1]!r}; name the part to change in the target prompt, or use "
                                   f"{flag(OPTION_PREFIX, 'edit_region')} off") from None  # fmt: skip
+        return self.keep_region(region)
+
+    def keep_region(self, region: EditRegion) -> EditRegion:
+        """`region`, with the scene's parts that lie in it (decided here, on the scene as it is), written with the run."""
+        if region.grid is not None:
+            region.parts = self.scene.parts_in(region.grid.lookup)
         self.region_store.write(self.run_dir, region)
         return region
 
@@ -385,8 +390,7 @@ class EditPipeline(VanillaPipeline):
         viewer shows its 3D region as the output `edit_region`."""
         self.region = self.pds.region = self.refinement.region = region
         self.show_region(region.grid if region is not None else None)
-        grid = region.grid if region is not None else None
-        trained = self.scene.hold_outside(grid.lookup if grid is not None else None)
+        trained = self.scene.hold_outside(region.parts if region is not None else None)
         if trained is not None:
             CONSOLE.print(f"Edit region: the edit trains {trained} and holds the rest as the source scene has it")
 

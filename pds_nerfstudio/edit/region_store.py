@@ -10,7 +10,9 @@ every training view. Written under the run directory:
 - `edit_region/region.pt`: the 3D grid (any camera's region is its value at the camera's surface points, grown in
   the image by `--pipeline.edit-region-grow`);
 - `renders/reconstruction/<image name>.png`: the source scene's render of each view, which stage 2 keeps outside
-  the region.
+  the region;
+- `edit_region/parts.pt` (splats): which of the source scene's Gaussians the edit trains, so that a resumed run holds
+  the same ones.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from PIL import Image
 from torch import Tensor
 
@@ -55,6 +57,9 @@ class EditRegion:
     views: Float[Tensor, "num_images height width"]
     source_renders: Float[Tensor, "num_images height width 3"]
     grid: Optional[RegionGrid] = None
+    parts: Optional[Bool[Tensor, "num_parts"]] = None
+    """Which of the scene's parts (splats' Gaussians) the edit trains, decided on the source scene (None: no part
+    is held; `SceneAdapter.parts_in`)."""
 
     def composite(self, view: int, edited: Float[Tensor, "height width 3"]) -> Float[Tensor, "height width 3"]:
         """`edited` inside view `view`'s region, the source scene's render outside it (soft at the edge)."""
@@ -197,6 +202,8 @@ class RegionStore:
         self.source_renders.write(run_dir, Stage.RECONSTRUCTION, region.source_renders)
         if region.grid is not None:
             torch.save(region.grid.state(), run_dir / REGION_FOLDER / "region.pt")
+        if region.parts is not None:
+            torch.save(region.parts, run_dir / REGION_FOLDER / "parts.pt")
 
     def read(self, run_dir: Optional[Path]) -> Optional[EditRegion]:
         """The region the run in `run_dir` wrote; None when any of its files is missing."""
@@ -209,4 +216,6 @@ class RegionStore:
         views = [np.asarray(Image.open(path).convert("L"), dtype=np.float32) / 255 for path in paths]
         grid_path = run_dir / REGION_FOLDER / "region.pt"
         grid = RegionGrid.from_state(torch.load(grid_path, map_location="cpu")) if grid_path.is_file() else None
-        return EditRegion(torch.from_numpy(np.stack(views)), renders, grid)
+        parts_path = run_dir / REGION_FOLDER / "parts.pt"
+        parts = torch.load(parts_path, map_location="cpu") if parts_path.is_file() else None
+        return EditRegion(torch.from_numpy(np.stack(views)), renders, grid, parts)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
@@ -143,11 +143,16 @@ class SceneAdapter(ABC):
         frozen = list(self.model.camera_optimizer.parameters()) if hasattr(self.model, "camera_optimizer") else []
         return freeze(frozen)
 
-    def hold_outside(self, region: Optional[PointValue]) -> Optional[str]:
-        """Where the scene is made of parts placed in space (splats), the edit stages from now on train only the parts
-        centred in `region` (value > 0) and hold the others at what they are; None trains every part again. Returns
-        what is trained, in words (None: nothing is held). A field that all of space shares (nerfacto's hash grid
-        and colour network) has no such parts: it holds nothing."""
+    def parts_in(self, region: PointValue) -> Optional[Bool[Tensor, "num_parts"]]:
+        """Where the scene is made of parts placed in space (splats), which of them are centred in `region` (value
+        > 0): the parts the edit may train (None: the scene has no parts to hold, or its options hold none). A field
+        that all of space shares (nerfacto's hash grid and colour network) has no such parts."""
+        return None
+
+    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]]) -> Optional[str]:
+        """The edit stages from now on train only the parts marked in `free` (from :meth:`parts_in`) and hold the
+        others at what they are; None trains every part again. Returns what is trained, in words (None: nothing is
+        held)."""
         return None
 
     @abstractmethod

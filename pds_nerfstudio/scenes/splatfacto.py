@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Type
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 import nerfstudio.models.splatfacto as splatfacto_module
@@ -145,21 +145,25 @@ class SplatfactoScene(SceneAdapter):
             self.model.strategy.refine_stop_iter = 0
         return super().begin_edit()
 
-    def hold_outside(self, region: Optional[PointValue]) -> Optional[str]:
-        """With `hold_outside_region`, every Gaussian whose centre lies outside `region` takes no gradient in the edit
-        stages: Adam, which moves any parameter with a gradient by up to a full learning rate per step, leaves it
-        exactly as the source scene had it. Which Gaussians are held is decided once, from where they are now."""
+    def parts_in(self, region: PointValue) -> Optional[Bool[Tensor, "num_parts"]]:
+        """The Gaussians centred in `region`, with `hold_outside_region` (not with `edit_densify`: densification
+        replaces the parameters, and with them their gradient hooks)."""
+        if not self.config.hold_outside_region or self.config.edit_densify:
+            return None
+        with torch.no_grad():
+            return (region(self.model.gauss_params["means"].detach()) > 0).cpu()
+
+    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]]) -> Optional[str]:
+        """Every Gaussian not in `free` takes no gradient: Adam, which moves any parameter with a gradient by up to a
+        full learning rate a step, leaves it exactly as the source scene had it."""
         for handle in self._holds:
             handle.remove()
         self._holds = []
-        if region is None or not self.config.hold_outside_region or self.config.edit_densify:
-            return None  # densification replaces the parameters, and with them their gradient hooks
-        params = self.model.gauss_params
-        with torch.no_grad():
-            free = region(params["means"].detach()) > 0
-        for parameter in params.values():
-            weight = free.to(parameter.dtype).view(-1, *([1] * (parameter.dim() - 1)))
-            self._holds.append(parameter.register_hook(lambda grad, weight=weight: grad * weight.to(grad)))
+        if free is None:
+            return None
+        for parameter in self.model.gauss_params.values():
+            weight = free.to(parameter).view(-1, *([1] * (parameter.dim() - 1)))
+            self._holds.append(parameter.register_hook(lambda grad, weight=weight: grad * weight))
         return f"the {int(free.sum())} of {len(free)} Gaussians centred in it"
 
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
