@@ -7,12 +7,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import psutil
 import pytest
 
 import waiting
+
+if TYPE_CHECKING:
+    import torch
+    from nerfstudio.cameras.rays import RaySamples
 
 REPO = Path(__file__).resolve().parents[1]
 FACE_SCENE = REPO.parent / "shared" / "data" / "in2n_face"
@@ -241,3 +245,16 @@ def described(processes: list[psutil.Process]) -> str:
         except psutil.Error:
             continue
     return "\n".join(lines)
+
+
+def samples_at(points: torch.Tensor) -> RaySamples:
+    """One sample at each of `points` (n, 3), of a ray along +z through it."""
+    import torch
+    from nerfstudio.cameras.rays import Frustums, RaySamples
+
+    count = len(points)
+    frustums = Frustums(
+        origins=points[:, None] - torch.tensor([0.0, 0.0, 0.5]), directions=torch.tensor([[[0.0, 0.0, 1.0]]]).expand(count, 1, 3),
+        starts=torch.full((count, 1, 1), 0.49), ends=torch.full((count, 1, 1), 0.51), pixel_area=torch.full((count, 1, 1), 1e-4),
+    )  # fmt: skip
+    return RaySamples(frustums=frustums, camera_indices=torch.zeros(count, 1, 1, dtype=torch.long))

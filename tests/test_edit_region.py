@@ -234,6 +234,23 @@ def test_a_box_grid_is_the_oriented_box() -> None:
     assert inside.float().mean() > 0.01  # the points reach into the box
 
 
+def test_a_grown_grid_holds_every_point_within_its_fraction_of_the_regions_width() -> None:
+    """`RegionGrid.grown`: where a NeRF that holds its source lets a shape edit draw, in 3D."""
+    grid = box_grid(torch.eye(3), torch.zeros(3), torch.tensor([0.4, 0.4, 0.2]), resolution=64)  # width 0.4
+    grown = grid.grown(0.3)  # by 0.12, past the first grid's box
+    cell = float(grid.upper[0] - grid.lower[0]) / 64
+    skin = torch.tensor([[0.2, 0.0, 0.0], [0.0, 0.2, 0.0], [0.0, 0.0, 0.1]]) * (1 - cell / torch.tensor([0.2, 0.2, 0.1]))
+    assert bool((grid.lookup(skin) < 0.8).all())  # a voxel inside the box's faces: on the soft edge of the grid
+    assert bool((grid.grown(0.0).lookup(skin) > 0.99).all())  # past it when grown by the held margin
+    points = torch.rand(20000, 3) * 1.2 - 0.6
+    # the distance from each point to the box
+    distance = (points.abs() - torch.tensor([0.2, 0.2, 0.1])).clamp_min(0).norm(dim=-1)
+    assert bool((grown.lookup(points)[distance < 0.12 - 0.02] > 0.5).all())  # a voxel or two from the ball's edge
+    assert bool((grown.lookup(points)[distance > 0.12 + 0.03] == 0).all())
+    assert bool(((grid.lookup(points) > 0.5) <= (grown.lookup(points) > 0.5)).all())
+    assert float((points.abs() < torch.tensor([0.32, 0.32, 0.22])).all(-1).float().mean()) > 0.05
+
+
 def test_a_users_box_is_the_region_and_the_viewer_shows_it(tiny_scene: Path, tiny_prior_dir: Path, tmp_path: Path) -> None:
     """`--pipeline.edit-region box`: the region is the box as every camera sees it; the scene's renders then carry
     the output `edit_region` (the viewer's output list), also after a checkpoint is loaded into a new pipeline."""

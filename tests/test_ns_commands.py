@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import folder_snapshot, run_cli, viewer_output_until_loaded
+from conftest import folder_snapshot, run_cli, samples_at, viewer_output_until_loaded
 
 from pds_nerfstudio import compat
 
@@ -184,3 +184,34 @@ def test_ns_train_pds_starts_from_a_nerfacto_checkpoint_without_reconstructing(
     assert torch.load(sorted((run / "nerfstudio_models").glob("*.ckpt"))[-1], map_location="cpu")["step"] == 1001
     assert not (run / "renders" / "reconstruction").exists()
     assert len(list((run / "renders" / "pds").glob("*.png"))) == 11
+
+
+def test_a_held_nerf_edit_in_a_box_renders_the_source_outside_it(
+    tiny_scene: Path, tiny_prior_dir: Path, user_env: dict[str, str], tmp_path: Path
+) -> None:
+    """`ns-train pds --pipeline.edit-region box --pipeline.scene.hold-outside-region True`: the checkpoint keeps the
+    reconstruction's field, and the run as `ns-render` loads it (nerfstudio's eval_setup) renders that field at every
+    point outside the box, the edited field inside."""
+    from nerfstudio.field_components.field_heads import FieldHeadNames
+    from nerfstudio.utils.eval_utils import eval_setup
+
+    box = ["--pipeline.edit-region", "box", "--pipeline.edit-region-obb-center", "0", "0", "0",
+           "--pipeline.edit-region-obb-scale", "0.6", "0.6", "0.6", "--pipeline.scene.hold-outside-region", "True"]  # fmt: skip
+    result_config = train("pds", tiny_scene, tmp_path, 0, user_env, *pds_args(tiny_prior_dir, 3, 3, 12), *box)
+    run = result_config.parent
+    source = torch.load(run / "nerfstudio_models" / "step-000000002.ckpt", map_location="cpu")["pipeline"]
+    _, pipeline, _, _ = eval_setup(result_config, test_mode="inference")
+    model = pipeline.model.cpu()
+    kept = model.source_hold.field.state_dict()
+    assert all(torch.equal(kept[key], source[f"_model.field.{key}"]) for key in kept)  # the reconstruction's field
+    assert any(not torch.equal(value, source[f"_model.field.{key}"]) for key, value in model.field.state_dict().items())
+    torch.manual_seed(0)
+    points = torch.rand(3000, 3) * 2 - 1
+    outside = (points.abs() - 0.3).clamp_min(0).norm(dim=-1) > 0.15  # clear of the box's soft edge
+    inside = (points.abs() < 0.2).all(-1)
+    with torch.no_grad():
+        rendered = model.field.forward(samples_at(points))
+        original = model.source_hold.field.forward(samples_at(points))
+    for head in (FieldHeadNames.DENSITY, FieldHeadNames.RGB):
+        assert torch.equal(rendered[head][outside], original[head][outside]), head
+    assert (rendered[FieldHeadNames.RGB][inside] - original[FieldHeadNames.RGB][inside]).abs().amax() > 1e-4

@@ -23,10 +23,13 @@ def test_each_method_composes_its_scene_kind_with_the_one_edit_pipeline() -> Non
     from pds_nerfstudio.scenes.nerfacto import NerfactoScene, NerfactoSceneConfig
     from pds_nerfstudio.scenes.splatfacto import SplatfactoScene, SplatfactoSceneConfig
 
+    nerf_held = not NerfactoSceneConfig.hold_outside_region
     nerfacto = tyro.cli(AnnotatedBaseConfigUnion, args=["pds", "--pipeline.scene.render-chunk-size", "4096",
-                                                        "--pipeline.scene.pds-proposal-losses", "True"])  # fmt: skip
+                                                        "--pipeline.scene.pds-proposal-losses", "True",
+                                                        "--pipeline.scene.hold-outside-region", str(nerf_held)])  # fmt: skip
     assert type(nerfacto.pipeline) is EditPipelineConfig and type(nerfacto.pipeline.scene) is NerfactoSceneConfig
     assert nerfacto.pipeline.scene.render_chunk_size == 4096 and nerfacto.pipeline.scene.pds_proposal_losses
+    assert nerfacto.pipeline.scene.hold_outside_region is nerf_held
     assert nerfacto.pipeline.scene_kind is NerfactoScene
     held = not SplatfactoSceneConfig.hold_outside_region  # the default's opposite
     splat = tyro.cli(AnnotatedBaseConfigUnion, args=["pds-splat", "--pipeline.scene.edit-densify", "True",

@@ -32,6 +32,14 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 
+HELD_MARGIN = 1.5
+"""Voxels by which the region a scene holds its source outside (:meth:`RegionGrid.grown`) reaches past the fused one.
+A fused region is dilated and then softened by one voxel each, so the surface it was fused from lies on its soft edge
+(about 2/3): a held NeRF there would blend a third of the source into the edited surface. One voxel more puts the
+edge outside: measured on three toy scenes (2026-12-07), the objects' true surface at weight > 0.9 goes from 50-75%
+of their pixels to 98%, at 0.6-2.6% more of the background."""
+
+
 class EmptyRegionError(ValueError):
     """No pixel of any view's mask exceeds 0.5: there is nothing to edit."""
 
@@ -52,6 +60,27 @@ class RegionGrid:
         volume = self.values.permute(2, 1, 0)[None, None].to(points)
         sampled = F.grid_sample(volume, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return sampled.reshape(points.shape[:-1])
+
+    def grown(self, fraction: float, margin: float = HELD_MARGIN) -> "RegionGrid":
+        """The region grown in 3D by a ball of `fraction` times its width (the largest side of the box of its voxels
+        above 0.5), and by at least `margin` voxels, on a grid padded to hold it (the same voxels), softened by one
+        voxel outside. What a scene that holds its source may change (:meth:`SceneAdapter.hold_outside`), as
+        :func:`grow_in_view` lets a shape edit draw in each image."""
+        inside = self.values > 0.5
+        if not bool(inside.any()):
+            return self
+        cell = (self.upper - self.lower) / self.values.shape[0]
+        cells = inside.nonzero()
+        width = float(((cells.max(0).values - cells.min(0).values + 1) * cell).max())
+        radius = max(fraction * width / float(cell.max()), margin)  # in voxels
+        reach = int(math.ceil(radius))
+        pad = reach + 2
+        offsets = torch.arange(-reach, reach + 1, dtype=torch.float32)
+        ball = (offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None] ** 2 <= radius**2).float()
+        padded = F.pad(inside.float(), (pad,) * 6)
+        grown = F.conv3d(padded[None, None], ball[None, None], padding=reach)[0, 0] > 0.5
+        values = torch.maximum(F.pad(self.values, (pad,) * 6), soften(grown.float(), 1))
+        return RegionGrid(self.lower - pad * cell, self.upper + pad * cell, values)
 
     def state(self) -> dict:
         return {"lower": self.lower.cpu(), "upper": self.upper.cpu(), "values": self.values.cpu()}

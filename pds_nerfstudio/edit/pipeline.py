@@ -51,7 +51,7 @@ from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, STAGE_RUN_LENGTHS_KEY,
 from pds_nerfstudio.guidance.options import GuidanceOptions, flag, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.prior.lora import check_lora
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig
+from pds_nerfstudio.scenes.base import PointValue, SceneAdapter, SceneConfig
 
 
 OPTION_PREFIX = "--pipeline."
@@ -374,6 +374,7 @@ class EditPipeline(VanillaPipeline):
         """`region`, with the scene's parts that lie in it (decided here, on the scene as it is), written with the run."""
         if region.grid is not None:
             region.parts = self.scene.parts_in(region.grid.lookup)
+            self.scene.keep_source()
         self.region_store.write(self.run_dir, region)
         return region
 
@@ -389,10 +390,16 @@ class EditPipeline(VanillaPipeline):
         """Stage 1 weights its guidance by `region`, and stage 2 keeps the source outside it (None: everywhere); the
         viewer shows its 3D region as the output `edit_region`."""
         self.region = self.pds.region = self.refinement.region = region
-        self.show_region(region.grid if region is not None else None)
-        trained = self.scene.hold_outside(region.parts if region is not None else None)
+        grid = region.grid if region is not None else None
+        self.show_region(grid)
+        trained = self.scene.hold_outside(region.parts if region is not None else None, self.held_outside(grid))
         if trained is not None:
             CONSOLE.print(f"Edit region: the edit trains {trained} and holds the rest as the source scene has it")
+
+    def held_outside(self, grid: Optional[RegionGrid]) -> Optional[PointValue]:
+        """Where a scene that keeps its source renders the edit: the 3D region, grown as each view's region is by
+        edit-region-grow (so that a shape edit can draw past the object it starts from), None without a region."""
+        return grid.grown(self.config.edit_region_grow).lookup if grid is not None else None
 
     def show_region(self, grid: Optional[RegionGrid]) -> None:
         """The output `edit_region` of the scene's renders (the viewer's output list, `ns-render`): `grid` at each
@@ -460,6 +467,7 @@ class EditPipeline(VanillaPipeline):
         getattr(self, STAGE_RUN_LENGTHS_KEY).copy_(torch.tensor(lengths))
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: Optional[bool] = None):
+        self.scene.fit_to_state(state_dict)  # a NeRF's kept source field, say
         super().load_state_dict(state_dict, strict)
         self._use_schedule(StageSchedule(*getattr(self, STAGE_RUN_LENGTHS_KEY).tolist()))  # where its stages end
 
@@ -479,7 +487,9 @@ class EditPipeline(VanillaPipeline):
         self.stage_ends = dict(state["stage_ends"])
         self._resumed_rng = state["rng"]  # set at the first step trained, after the set-up's own draws
         if state.get("region_grid") is not None:  # ns-viewer and ns-render of the run show its region
-            self.show_region(RegionGrid.from_state(state["region_grid"]))
+            grid = RegionGrid.from_state(state["region_grid"])
+            self.show_region(grid)
+            self.scene.hold_outside(None, self.held_outside(grid))  # and its kept source outside it (a resume holds parts again)
 
     def _restore_random_states(self) -> None:
         """A resumed run draws the rays the uninterrupted one would have: the random states its checkpoint held."""

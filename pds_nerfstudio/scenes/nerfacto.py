@@ -1,4 +1,5 @@
-"""Nerfacto as an editable scene (`ns-train pds`): whole-view renders chunk by chunk, frozen poses and codes."""
+"""Nerfacto as an editable scene (`ns-train pds`): whole-view renders chunk by chunk, frozen poses and codes, and the
+source held outside an edit region."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
@@ -15,7 +16,8 @@ from nerfstudio.engine.schedulers import ExponentialDecaySchedulerConfig
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from pds_nerfstudio.fast.fast_encoding import FastEncoding, accelerate_hash_encodings
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender, SurfaceRender, freeze
+from pds_nerfstudio.scenes.base import PointValue, SceneAdapter, SceneConfig, SceneRender, SurfaceRender, freeze
+from pds_nerfstudio.scenes.nerfacto_hold import HOLD_PREFIX, SourceHold, keeps_source
 from pds_nerfstudio.scenes.nerfacto_render import render_view
 
 APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
@@ -82,6 +84,30 @@ class NerfactoScene(SceneAdapter):
                 weight.copy_(weight.mean(dim=0, keepdim=True).expand_as(weight))
             frozen += freeze(list(embedding.parameters()))
         return frozen
+
+    def keep_source(self) -> None:
+        """With `hold_outside_region`: a frozen copy of the field as it is (the source scene), in the model's state
+        (:mod:`pds_nerfstudio.scenes.nerfacto_hold`)."""
+        if self.config.hold_outside_region and not keeps_source(self.model):
+            self.model.source_hold = SourceHold(self.model.field)
+
+    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]], region: Optional[PointValue]) -> Optional[str]:
+        """The kept source field renders every sample point outside `region`, the edited field inside it (blended by
+        the region's value): the edit then changes nothing outside the region, whatever its gradients do to the
+        hash grid and colour network that all of space shares."""
+        if not keeps_source(self.model):
+            return None
+        hold: SourceHold = self.model.source_hold
+        hold.region = region
+        self.model.field.hold = hold.forward if region is not None else None  # a method: not registered as a module
+        if region is None:
+            return None
+        return "the field at the points inside it"
+
+    def fit_to_state(self, pipeline_state: Mapping[str, Tensor]) -> None:
+        """A checkpoint of an edit that held its source holds the kept field too: the model makes room for it."""
+        if not keeps_source(self.model) and any(key.startswith(f"_model.{HOLD_PREFIX}") for key in pipeline_state):
+            self.model.source_hold = SourceHold(self.model.field)
 
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         expected = [f"_model.{key}" for key in self.model.state_dict() if ".field." in f".{key}"]
@@ -154,6 +180,13 @@ class NerfactoSceneConfig(SceneConfig):
     """Add nerfacto's proposal losses (interlevel and distortion) to stage 1, so that the proposal networks
     follow geometry that the guidance changes. Off: stage 1 has the guidance loss alone, as in the authors'
     code; the proposal networks are retrained in stage 2 by nerfacto's own losses."""
+
+    hold_outside_region: bool = False
+    """With an edit region (--pipeline.edit-region): the edit keeps a frozen copy of the source field and renders it at
+    every point outside the region, so that nothing outside changes (measured in docs/editing.md). Costs one more
+    field evaluation per sample (without gradient) and the field's size again in memory and checkpoints. False: the
+    whole field trains, and only the keep loss (stage 1) and the source renders outside the region (stage 2) hold
+    the outside."""
 
     def positive_options(self) -> Tuple[str, ...]:
         return ("render_chunk_size",)

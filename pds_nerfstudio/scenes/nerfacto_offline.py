@@ -1,4 +1,5 @@
-"""Nerfacto that starts offline: its LPIPS metric is built on first use, not at start-up.
+"""Nerfacto that starts offline: its LPIPS metric is built on first use, not at start-up; and whose field can hold
+an edit's source scene outside its region (:mod:`pds_nerfstudio.scenes.nerfacto_hold`).
 
 nerfstudio 1.1.5's ``NerfactoModel.populate_modules`` builds torchmetrics' LPIPS, which
 downloads AlexNet weights, so stock nerfacto cannot even start on a machine without internet.
@@ -10,14 +11,17 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterator, Type
+from types import ModuleType
+from typing import ContextManager, Iterator, Type
 
 import torch
 from torch import nn
 
+import nerfstudio.models.nerfacto as nerfacto_module
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from pds_nerfstudio.scenes.base import ExtraOutputs
+from pds_nerfstudio.scenes.nerfacto_hold import HoldableNerfactoField
 
 
 class DeferredLPIPS(nn.Module):
@@ -49,21 +53,27 @@ class DeferredLPIPS(nn.Module):
 
 
 @contextlib.contextmanager
-def lpips_deferred() -> Iterator[None]:
-    """Makes nerfacto's ``populate_modules`` build :class:`DeferredLPIPS` instead of LPIPS.
-
-    nerfstudio 1.1.5 imports the class inside ``populate_modules``
-    (``from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity``), so the
-    module attribute is what it finds; it is restored on exit.
-    """
-    import torchmetrics.image.lpip as lpip_module
-
-    original = lpip_module.LearnedPerceptualImagePatchSimilarity
-    lpip_module.LearnedPerceptualImagePatchSimilarity = DeferredLPIPS  # type: ignore[misc]
+def swapped(module: ModuleType, name: str, value: object) -> Iterator[None]:
+    """`module.name` is `value` inside the block; restored on exit. nerfstudio 1.1.5's `populate_modules` finds the
+    classes it builds in its module's namespace (and LPIPS's, imported inside it, in torchmetrics')."""
+    original = getattr(module, name)
+    setattr(module, name, value)
     try:
         yield
     finally:
-        lpip_module.LearnedPerceptualImagePatchSimilarity = original  # type: ignore[misc]
+        setattr(module, name, original)
+
+
+def lpips_deferred() -> ContextManager[None]:
+    """Makes nerfacto's ``populate_modules`` build :class:`DeferredLPIPS` instead of LPIPS."""
+    import torchmetrics.image.lpip as lpip_module
+
+    return swapped(lpip_module, "LearnedPerceptualImagePatchSimilarity", DeferredLPIPS)
+
+
+def holdable_field() -> ContextManager[None]:
+    """Makes nerfacto's ``populate_modules`` build a :class:`HoldableNerfactoField` (the same parameters)."""
+    return swapped(nerfacto_module, "NerfactoField", HoldableNerfactoField)
 
 
 @dataclass
@@ -74,10 +84,11 @@ class OfflineNerfactoModelConfig(NerfactoModelConfig):
 
 
 class OfflineNerfactoModel(ExtraOutputs, NerfactoModel):
-    """Nerfacto whose LPIPS metric is a :class:`DeferredLPIPS`, and whose renders take an edit's extra outputs."""
+    """Nerfacto whose LPIPS metric is a :class:`DeferredLPIPS`, whose renders take an edit's extra outputs, and whose
+    field is a :class:`~pds_nerfstudio.scenes.nerfacto_hold.HoldableNerfactoField` (the same parameters)."""
 
     config: OfflineNerfactoModelConfig
 
     def populate_modules(self) -> None:
-        with lpips_deferred():
+        with lpips_deferred(), holdable_field():
             super().populate_modules()
