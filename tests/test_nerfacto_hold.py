@@ -34,7 +34,7 @@ def test_outside_the_region_the_field_is_the_source_whatever_the_edit_trains() -
         source = {head: value.clone() for head, value in model.field.forward(samples_at(points)).items() if head in HEADS}
 
     scene.keep_source()
-    assert keeps_source(model) and "points inside it" in scene.hold_outside(None, region)
+    assert keeps_source(model) and "points inside it" in scene.hold_source_outside(region)
     assert not [key for key in model.state_dict() if key.startswith("field.hold")]  # the copy is the model's, once
     optimizer = torch.optim.Adam(model.field.parameters(), lr=0.05)
     for _ in range(3):  # an edit that pushes the whole field, hash grid and colour network, everywhere
@@ -49,7 +49,7 @@ def test_outside_the_region_the_field_is_the_source_whatever_the_edit_trains() -
         assert torch.equal(held[head][~inside], source[head][~inside]), head  # bit-identical outside
         assert (held[head][inside] - source[head][inside]).abs().amax() > 1e-3, head  # the edit inside
 
-    assert scene.hold_outside(None, None) is None  # no region: the edited field everywhere
+    assert scene.hold_source_outside(None) is None  # no region: the edited field everywhere
     with torch.no_grad():
         assert (model.field.forward(samples_at(points))[FieldHeadNames.RGB][~inside] - source[FieldHeadNames.RGB][~inside]).abs().amax() > 1e-3
     scene.config.hold_outside_region = False

@@ -171,13 +171,13 @@ def test_an_edit_region_holds_every_gaussian_outside_it(tmp_path: Path) -> None:
         optimizer.zero_grad()
         return {name: (p.detach() - before[name]).flatten(1).abs().amax(1) for name, p in model.gauss_params.items()}
 
-    assert "of 200 Gaussians" in scene.hold_outside(inside, region)
+    assert "of 200 Gaussians" in scene.hold_outside(inside)
     for name, moved in one_edit_step().items():
         assert bool((moved[~inside] == 0).all()) and bool((moved[inside] > 0).all()), name
     store = RegionStore(RenderStore([Path("a.png")]))  # what a resumed run reads back: the same Gaussians
     store.write(tmp_path, EditRegion(torch.ones(1, 4, 4), torch.zeros(1, 4, 4, 3), None, inside))
     assert torch.equal(store.read(tmp_path).parts, inside)
-    assert scene.hold_outside(None, None) is None  # every Gaussian trains again
+    assert scene.hold_outside(None) is None  # every Gaussian trains again
     assert all(bool((moved > 0).all()) for moved in one_edit_step().values())
     scene.config.hold_outside_region = False
     assert scene.parts_in(region) is None

@@ -64,7 +64,7 @@ class RegionGrid:
     def grown(self, fraction: float, margin: float = HELD_MARGIN) -> "RegionGrid":
         """The region grown in 3D by a ball of `fraction` times its width (the largest side of the box of its voxels
         above 0.5), and by at least `margin` voxels, on a grid padded to hold it (the same voxels), softened by one
-        voxel outside. What a scene that holds its source may change (:meth:`SceneAdapter.hold_outside`), as
+        voxel outside. What a scene that keeps its source may change (:meth:`SceneAdapter.hold_source_outside`), as
         :func:`grow_in_view` lets a shape edit draw in each image."""
         inside = self.values > 0.5
         if not bool(inside.any()):
@@ -75,10 +75,8 @@ class RegionGrid:
         radius = max(fraction * width / float(cell.max()), margin)  # in voxels
         reach = int(math.ceil(radius))
         pad = reach + 2
-        offsets = torch.arange(-reach, reach + 1, dtype=torch.float32)
-        ball = (offsets[:, None, None] ** 2 + offsets[None, :, None] ** 2 + offsets[None, None] ** 2 <= radius**2).float()
         padded = F.pad(inside.float(), (pad,) * 6)
-        grown = F.conv3d(padded[None, None], ball[None, None], padding=reach)[0, 0] > 0.5
+        grown = F.conv3d(padded[None, None], ball(radius, reach, 3)[None, None], padding=reach)[0, 0] > 0.5
         values = torch.maximum(F.pad(self.values, (pad,) * 6), soften(grown.float(), 1))
         return RegionGrid(self.lower - pad * cell, self.upper + pad * cell, values)
 
@@ -203,10 +201,17 @@ def grow_in_view(region: Float[Tensor, "height width"], grow: float) -> Float[Te
     radius = grow * 2 * math.sqrt(float(filled.sum()) / math.pi)
     reach = int(math.floor(radius))
     if reach >= 1:
-        offsets = torch.arange(-reach, reach + 1, dtype=torch.float32, device=region.device)
-        disc = (offsets[:, None] ** 2 + offsets[None] ** 2 <= radius**2).float()
+        disc = ball(radius, reach, 2).to(region.device)
         filled = F.conv2d(filled.float()[None, None], disc[None, None], padding=reach)[0, 0] > 0.5
     return torch.maximum(region, filled.to(region))
+
+
+def ball(radius: float, reach: int, dims: int) -> Float[Tensor, "..."]:
+    """The cells within `radius` of the centre of a grid of 2 `reach` + 1 cells a side in `dims` dimensions (1 or 0):
+    a disc (2) or a ball (3) to dilate by."""
+    offsets = torch.arange(-reach, reach + 1, dtype=torch.float32)
+    squares = sum(offsets.reshape([-1 if axis == d else 1 for axis in range(dims)]) ** 2 for d in range(dims))
+    return (squares <= radius**2).float()
 
 
 def fill_holes(inside: Bool[Tensor, "height width"]) -> Bool[Tensor, "height width"]:

@@ -51,7 +51,7 @@ from pds_nerfstudio.edit.stages import STAGE_LENGTHS_KEY, STAGE_RUN_LENGTHS_KEY,
 from pds_nerfstudio.guidance.options import GuidanceOptions, flag, validate_guidance_scale, validate_prompts
 from pds_nerfstudio.prior.lora import check_lora
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPrior, DiffusionPriorConfig
-from pds_nerfstudio.scenes.base import PointValue, SceneAdapter, SceneConfig
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig
 
 
 OPTION_PREFIX = "--pipeline."
@@ -390,22 +390,20 @@ class EditPipeline(VanillaPipeline):
         """Stage 1 weights its guidance by `region`, and stage 2 keeps the source outside it (None: everywhere); the
         viewer shows its 3D region as the output `edit_region`."""
         self.region = self.pds.region = self.refinement.region = region
-        grid = region.grid if region is not None else None
-        self.show_region(grid)
-        trained = self.scene.hold_outside(region.parts if region is not None else None, self.held_outside(grid))
-        if trained is not None:
+        held = [self.scene.hold_outside(region.parts if region is not None else None),
+                self.place_region(region.grid if region is not None else None)]  # fmt: skip
+        for trained in filter(None, held):
             CONSOLE.print(f"Edit region: the edit trains {trained} and holds the rest as the source scene has it")
 
-    def held_outside(self, grid: Optional[RegionGrid]) -> Optional[PointValue]:
-        """Where a scene that keeps its source renders the edit: the 3D region, grown as each view's region is by
-        edit-region-grow (so that a shape edit can draw past the object it starts from), None without a region."""
-        return grid.grown(self.config.edit_region_grow).lookup if grid is not None else None
-
-    def show_region(self, grid: Optional[RegionGrid]) -> None:
-        """The output `edit_region` of the scene's renders (the viewer's output list, `ns-render`): `grid` at each
-        pixel's surface point, grown as the training views' are (None: no such output)."""
+    def place_region(self, grid: Optional[RegionGrid]) -> Optional[str]:
+        """The 3D region in the scene's renders (None: none), in training and in a loaded run alike: the output
+        `edit_region` (the viewer's output list, `ns-render`), `grid` at each pixel's surface point grown as the
+        training views' are; and, for a scene that keeps its source, where it renders the edit: `grid` grown in 3D by
+        edit-region-grow (so that a shape edit can draw past the object it starts from). Returns what the edit then
+        changes of a scene that keeps its source, in words (None: it keeps none)."""
         self._region_grid = grid
         self.scene.show_output(REGION_OUTPUT, region_seen_along(grid, self.config.edit_region_grow) if grid is not None else None)
+        return self.scene.hold_source_outside(grid.grown(self.config.edit_region_grow).lookup if grid is not None else None)
 
     def gradient_norm(self) -> float:
         """Norm of the gradients that the last back-propagation left on the scene's trainable parameters."""
@@ -487,9 +485,7 @@ class EditPipeline(VanillaPipeline):
         self.stage_ends = dict(state["stage_ends"])
         self._resumed_rng = state["rng"]  # set at the first step trained, after the set-up's own draws
         if state.get("region_grid") is not None:  # ns-viewer and ns-render of the run show its region
-            grid = RegionGrid.from_state(state["region_grid"])
-            self.show_region(grid)
-            self.scene.hold_outside(None, self.held_outside(grid))  # and its kept source outside it (a resume holds parts again)
+            self.place_region(RegionGrid.from_state(state["region_grid"]))  # and a kept source renders outside it
 
     def _restore_random_states(self) -> None:
         """A resumed run draws the rays the uninterrupted one would have: the random states its checkpoint held."""

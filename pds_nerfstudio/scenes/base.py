@@ -154,11 +154,16 @@ class SceneAdapter(ABC):
         frozen copy of its field, in its checkpoints); called where the edit starts, on the source scene. A model
         that already keeps one (loaded with a resumed run) keeps it. Default: nothing (splats hold by part)."""
 
-    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]], region: Optional[PointValue]) -> Optional[str]:
-        """From now on the edit stages train only the parts marked in `free` (from :meth:`parts_in`) and hold the others
-        at what they are (None: every part trains); and a scene that keeps its source (:meth:`keep_source`) renders it
-        wherever `region` is 0, blended by its value (None: the edited scene everywhere). Returns what is trained, in
-        words (None: nothing is held)."""
+    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]]) -> Optional[str]:
+        """The edit stages from now on train only the parts marked in `free` (from :meth:`parts_in`) and hold the
+        others at what they are; None trains every part again. Returns what is trained, in words (None: nothing is
+        held)."""
+        return None
+
+    def hold_source_outside(self, region: Optional[PointValue]) -> Optional[str]:
+        """A scene that keeps its source (:meth:`keep_source`) renders it wherever `region` is 0, blended by its value
+        (None: the edited scene everywhere). Returns what the edit changes, in words (None: nothing is held).
+        Default: nothing (the scene keeps no source)."""
         return None
 
     def fit_to_state(self, pipeline_state: Mapping[str, Tensor]) -> None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor
 
 from nerfstudio.cameras.cameras import Cameras
@@ -17,7 +17,7 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from pds_nerfstudio.fast.fast_encoding import FastEncoding, accelerate_hash_encodings
 from pds_nerfstudio.scenes.base import PointValue, SceneAdapter, SceneConfig, SceneRender, SurfaceRender, freeze
-from pds_nerfstudio.scenes.nerfacto_hold import HOLD_PREFIX, SourceHold, keeps_source
+from pds_nerfstudio.scenes.nerfacto_hold import HOLD_PREFIX, keep_source, keeps_source
 from pds_nerfstudio.scenes.nerfacto_render import render_view
 
 APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
@@ -89,25 +89,21 @@ class NerfactoScene(SceneAdapter):
         """With `hold_outside_region`: a frozen copy of the field as it is (the source scene), in the model's state
         (:mod:`pds_nerfstudio.scenes.nerfacto_hold`)."""
         if self.config.hold_outside_region and not keeps_source(self.model):
-            self.model.source_hold = SourceHold(self.model.field)
+            keep_source(self.model)
 
-    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]], region: Optional[PointValue]) -> Optional[str]:
+    def hold_source_outside(self, region: Optional[PointValue]) -> Optional[str]:
         """The kept source field renders every sample point outside `region`, the edited field inside it (blended by
         the region's value): the edit then changes nothing outside the region, whatever its gradients do to the
         hash grid and colour network that all of space shares."""
         if not keeps_source(self.model):
             return None
-        hold: SourceHold = self.model.source_hold
-        hold.region = region
-        self.model.field.hold = hold.forward if region is not None else None  # a method: not registered as a module
-        if region is None:
-            return None
-        return "the field at the points inside it"
+        self.model.source_hold.region = region
+        return "the field at the points inside it" if region is not None else None
 
     def fit_to_state(self, pipeline_state: Mapping[str, Tensor]) -> None:
         """A checkpoint of an edit that held its source holds the kept field too: the model makes room for it."""
         if not keeps_source(self.model) and any(key.startswith(f"_model.{HOLD_PREFIX}") for key in pipeline_state):
-            self.model.source_hold = SourceHold(self.model.field)
+            keep_source(self.model)
 
     def starting_scene_problem(self, pipeline_state: Mapping[str, Tensor]) -> Optional[str]:
         expected = [f"_model.{key}" for key in self.model.state_dict() if ".field." in f".{key}"]

@@ -51,10 +51,8 @@ class SourceHold(nn.Module):
 
     def __init__(self, field: NerfactoField) -> None:
         super().__init__()
-        hold = getattr(field, "hold", None)
-        field.hold = None  # type: ignore[attr-defined]  # the copy renders the source alone
         self.field = copy.deepcopy(field)
-        field.hold = hold  # type: ignore[attr-defined]
+        self.field.hold = None  # type: ignore[attr-defined]  # the copy renders the source alone
         self.field.requires_grad_(False)
         self.region: Optional[PointValue] = None
         """The edit region's value at points in the scene's coordinates (None: the edited field everywhere)."""
@@ -70,6 +68,13 @@ class SourceHold(nn.Module):
         for head in (FieldHeadNames.DENSITY, FieldHeadNames.RGB):
             held[head] = weight * edited[head] + (1 - weight) * source[head].to(edited[head])
         return held
+
+
+def keep_source(model: nn.Module) -> None:
+    """`model` keeps a frozen copy of its field as it is (`model.source_hold`), through which the field's outputs pass
+    from now on (as the edited field alone until the hold has a region). The field must be a HoldableNerfactoField."""
+    model.source_hold = SourceHold(model.field)
+    model.field.hold = model.source_hold.forward  # a bound method: the copy is registered once, as the model's
 
 
 def keeps_source(model: nn.Module) -> bool:

@@ -153,10 +153,9 @@ class SplatfactoScene(SceneAdapter):
         with torch.no_grad():
             return (region(self.model.gauss_params["means"].detach()) > 0).cpu()
 
-    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]], region: Optional[PointValue]) -> Optional[str]:
+    def hold_outside(self, free: Optional[Bool[Tensor, "num_parts"]]) -> Optional[str]:
         """Every Gaussian not in `free` takes no gradient: Adam, which moves any parameter with a gradient by up to a
-        full learning rate a step, leaves it exactly as the source scene had it (`region` is not needed: the held
-        Gaussians render the source outside it)."""
+        full learning rate a step, leaves it exactly as the source scene had it."""
         for handle in self._holds:
             handle.remove()
         self._holds = []
