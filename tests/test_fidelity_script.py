@@ -141,6 +141,10 @@ def test_fidelity_dry_run_prints_every_chain_and_runs_nothing(user_env: dict[str
     shape = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "shape", "--methods", "pds"], user_env)
     assert shape.stdout.count("$ ns-train pds-nerfacto") == 6 and "blue-cube_to_cylinder" in shape.stdout
     assert "--pipeline.method pds" in result.stdout and "--pipeline.refinement-iterations 210" in result.stdout
+    # the NeRF reconstructions run 2,000 iterations (docs/fidelity.md, the reconstruction budget) and every edit
+    # starts its stage 1 where they end
+    assert result.stdout.count("--max-num-iterations 2000 ") == 22
+    assert result.stdout.count("--pipeline.reconstruction-iterations 2000 ") == 22
     quick = _fidelity([str(tmp_path / "out"), "--dry-run", "--matrix", "quick"], user_env)
     assert quick.stdout.count("$ ns-train pds-nerfacto") == 2 and quick.stdout.count("--pipeline.method") == 8
     assert not (tmp_path / "out").exists()

@@ -61,7 +61,9 @@ class NerfactoScene(SceneAdapter):
         return outputs["rgb"], self.ray_depth(cameras[view : view + 1], outputs)
 
     def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Float[Tensor, "height width"]:
-        return outputs["depth"][..., 0]  # nerfacto's depth: the expected distance along the unit ray
+        # nerfacto's "depth" is the median distance along the unit ray, where the ray's weight reaches one half
+        # (nerfstudio 1.1.5 models/nerfacto.py: renderer_depth = DepthRenderer(method="median"))
+        return outputs["depth"][..., 0]
 
     def _still_outputs(self, cameras: Cameras, view: int) -> Dict[str, Tensor]:
         was_training = self.model.training
