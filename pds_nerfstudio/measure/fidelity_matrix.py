@@ -119,7 +119,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num-views", type=int, default=24)
     parser.add_argument("--train-split-fraction", type=float, default=0.875, help="nerfstudio's: 24 views -> 3 held out")
     parser.add_argument("--reconstruction-iterations", type=int, default=2000,
-                        help="nerfacto source reconstruction (600 until 2026-12-07: hazy, held-out views misread and the white cube's region fused from wrong depths; docs/fidelity.md)")
+                        help="nerfacto source reconstruction (600 until 2026-12-07: hazy, held-out views misread and "
+                             "the white cube's region fused from wrong depths; docs/fidelity.md)")
     parser.add_argument("--pds-iterations", type=int, default=200, help="stage-1 iterations of every method")
     parser.add_argument("--refinement-iterations", type=int, default=210,
                         help="stage-2 iterations of every method (210: every training view SDEdited once)")
