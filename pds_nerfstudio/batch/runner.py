@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import psutil
 
 from pds_nerfstudio.batch.plan import Job, finished_run, resume_from
+from pds_nerfstudio.batch.ray_start import descendants, raylet_and_gcs_alive, stop_started_since, waiting_for_registration
 from pds_nerfstudio.batch.stopping import kill_processes, process_group, run_bounded, stop_processes
 
 
@@ -151,8 +152,7 @@ class RayStartError(RuntimeError):
 
 
 RAY_START_ATTEMPTS = 2
-"""A local Ray gives its raylet 30 s to register (ray 2.60 ray/_private/node.py, not configurable); on a machine
-busy with other work that can pass, and a second start usually succeeds."""
+"""Starts of a local Ray before the batch gives up (the first one's processes stopped before the second)."""
 
 
 def start_ray(options: BatchOptions):
@@ -170,14 +170,17 @@ def start_ray(options: BatchOptions):
             raise RayStartError(f"could not connect to the Ray cluster at {options.address}: {error}") from None
         return ray
     for attempt in range(1, RAY_START_ATTEMPTS + 1):
+        before = {process.pid for process in descendants()}
         try:
             # Ray starts its workers at niceness 15, and an edit's ns-train with them: it then yields to anything
             # else the machine runs (measured: 6% of a core each, beside two busy processes). Here the edits are the work.
-            ray.init(num_cpus=options.local_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                     _system_config={"worker_niceness": 0})  # fmt: skip
+            with waiting_for_registration(lambda: raylet_and_gcs_alive(before)):
+                ray.init(num_cpus=options.local_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
+                         _system_config={"worker_niceness": 0})  # fmt: skip
             return ray
         except Exception as error:  # noqa: BLE001 - "The current node timed out during startup" is a plain Exception
             ray.shutdown()
+            stop_started_since(before)
             if attempt == RAY_START_ATTEMPTS:
                 raise RayStartError(f"a local Ray did not start ({error}); if the machine is busy, run pds-batch "
                                     "again when it is not, or start Ray yourself and pass --address") from None  # fmt: skip
