@@ -29,7 +29,7 @@ from pds_nerfstudio.data.datamanager import PDSDataManagerConfig
 from pds_nerfstudio.edit.pipeline import EditPipelineConfig
 from pds_nerfstudio.edit.trainer import PDSTrainer, PDSTrainerConfig
 from pds_nerfstudio.prior.stable_diffusion import DiffusionPriorConfig
-from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender
+from pds_nerfstudio.scenes.base import SceneAdapter, SceneConfig, SceneRender, SurfaceRender
 
 compat.allow_nerfstudio_checkpoints()
 
@@ -78,10 +78,10 @@ class DirectionColourScene(SceneAdapter):
         return self._render(cameras, view)
 
     @torch.no_grad()
-    def render_surface(self, cameras: Cameras, view: int) -> Tuple[Tensor, Tensor]:
+    def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
         """Its colour, on a sphere of radius 1 around each camera (it has no geometry)."""
         rgb = self._render(cameras, view)
-        return rgb, torch.ones(rgb.shape[:2])
+        return SurfaceRender(rgb, *[torch.ones(rgb.shape[:2])] * 3)
 
     def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Tensor:
         return torch.ones(outputs["rgb"].shape[:2])

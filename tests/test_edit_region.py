@@ -221,6 +221,21 @@ def test_a_users_masks_replace_the_priors_and_a_missing_one_is_named(tiny_scene:
         tiny_pds_config(tiny_scene, tiny_prior_dir, edit_region_masks=masks).validate()
 
 
+def test_a_views_region_is_the_largest_value_along_the_stretch_its_render_comes_from() -> None:
+    """A NeRF's median depth can lie in a haze in front of the face a mask saw; the stretch of the ray that carries
+    the render reaches the face."""
+    from pds_nerfstudio.edit.edit_region import largest_along
+
+    grid = box_grid(torch.eye(3), torch.zeros(3), torch.full((3,), 0.5))
+    origins = torch.tensor([[0.0, 0.0, -2.0]]).expand(4, 3)
+    directions = torch.tensor([[0.0, 0.0, 1.0]]).expand(4, 3)
+    near = torch.tensor([1.0, 1.0, 1.0, 1.9])  # the box holds distances 1.75 to 2.25 along these rays
+    far = torch.tensor([1.0, 2.0, 1.5, 1.9])
+    assert largest_along(grid.lookup, origins, directions, near, far).round().tolist() == [0.0, 1.0, 0.0, 1.0]
+    torch.testing.assert_close(largest_along(grid.lookup, origins, directions, far, far),
+                               grid.lookup(surface_points(origins, directions, far)))  # fmt: skip
+
+
 def test_a_box_grid_is_the_oriented_box() -> None:
     from nerfstudio.data.scene_box import OrientedBox
 
@@ -264,7 +279,7 @@ def test_a_users_box_is_the_region_and_the_viewer_shows_it(tiny_scene: Path, tin
     assert region is not None and (tmp_path / "run" / "edit_region" / "region.pt").is_file()
     box = inside_box(options)
     for view in range(pipeline.datamanager.num_train_images):  # a pixel is in the region where it sees the box
-        _, depth = pipeline.scene.render_surface(cameras, view)
+        depth = pipeline.scene.render_surface(cameras, view).depth
         rays = cameras.generate_rays(camera_indices=view, keep_shape=True)
         inside = box(rays.origins + depth[..., None] * rays.directions)
         assert ((region.views[view] > 0.5) == inside).float().mean() > 0.95

@@ -12,8 +12,10 @@ prompts disagree in that view alone; views disagree at the edges and some miss p
    that a reconstruction's floaters or foggy depths vote in are not), and the vote is taken again on a grid around
    them, so that the object, not the spread of the depths, sets the grid's size;
 3. the region is dilated by `dilation` voxels and softened by a box filter of `softness` voxels;
-4. any view's region, training view or not, is the grid's value at its pixels' surface points (trilinear; 0
-   outside the grid), so the same 3D region is seen from every camera; its holes are filled (:func:`grow_in_view`:
+4. any view's region, training view or not, is the grid's largest value along the stretch of each pixel's ray that
+   carries its render (:func:`largest_along`; trilinear, 0 outside the grid; a NeRF's surface is such a stretch, and
+   its median depth can lie in a haze in front of the face the mask saw; a splat's is its surface point), so the same
+   3D region is seen from every camera; its holes are filled (:func:`grow_in_view`:
    a face that most views' masks left out, enclosed by the object's outline). With `grow` > 0 each view's region
    then grows by a disc of `grow` times its own width: a shape edit draws outside the object it
    starts from (a sphere's region must grow by 0.21 of its width to hold a cube of its size), where the source
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +96,27 @@ def surface_points(
 ) -> Float[Tensor, "*batch 3"]:
     """Where each pixel's ray meets the surface: `origin + depth * direction` (unit directions, ray distance)."""
     return origins + ray_depth[..., None] * directions
+
+
+STRETCH_POINTS = 16
+"""Points at which :func:`largest_along` reads the region on each ray's stretch."""
+
+
+def largest_along(
+    region: Callable[[Float[Tensor, "*batch 3"]], Float[Tensor, "*batch"]],
+    origins: Float[Tensor, "*rays 3"],
+    directions: Float[Tensor, "*rays 3"],
+    near: Float[Tensor, "*rays"],
+    far: Float[Tensor, "*rays"],
+    points: int = STRETCH_POINTS,
+) -> Float[Tensor, "*rays"]:
+    """The largest value of `region` over `points` points evenly spaced on each ray's stretch [near, far] (distances
+    along unit `directions`): its value at the surface point where near = far."""
+    if torch.equal(near, far):
+        return region(surface_points(origins, directions, near))
+    steps = torch.linspace(0, 1, points, device=near.device, dtype=near.dtype)
+    distances = near[..., None] + (far - near)[..., None] * steps
+    return region(origins[..., None, :] + distances[..., None] * directions[..., None, :]).max(-1).values
 
 
 def fuse(

@@ -33,7 +33,7 @@ from nerfstudio.utils.rich_utils import get_progress
 
 from pds_nerfstudio.data.image_io import save_png
 from pds_nerfstudio.edit import draws
-from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, grow_in_view, surface_points
+from pds_nerfstudio.edit.edit_region import RegionGrid, fuse, grow_in_view, largest_along, surface_points
 from pds_nerfstudio.edit.render_store import RenderStore
 from pds_nerfstudio.edit.stages import Stage
 from pds_nerfstudio.guidance.edit_mask import DiffEditSettings, diffedit_maps
@@ -147,7 +147,7 @@ def estimate_region(
             ray, render = surface_rays(scene, cameras, view)
             rays.append(ray)
             renders.append(render)
-    points = torch.stack([surface_points(*ray) for ray in rays])
+    points = torch.stack([surface_points(*ray[:3]) for ray in rays])
     grid = fuse(points, torch.stack(masks), resolution=resolution, dilation=dilation)
     return seen_region(grid, rays, renders, grow)
 
@@ -159,23 +159,27 @@ def region_in_views(scene: SceneAdapter, cameras: Cameras, num_views: int, grid:
     return seen_region(grid, list(rays), list(renders), grow)
 
 
-Rays = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width 3"], Float[Tensor, "height width"]]
-"""A view's ray origins, unit directions and the distance along each ray to the surface it sees."""
+Rays = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width 3"], Float[Tensor, "height width"],
+             Float[Tensor, "height width"], Float[Tensor, "height width"]]  # fmt: skip
+"""A view's ray origins, unit directions, the distance along each ray to the surface it sees, and the stretch of
+it that carries its render (near, far; :class:`pds_nerfstudio.scenes.base.SurfaceRender`)."""
 
 
 def surface_rays(scene: SceneAdapter, cameras: Cameras, view: int) -> Tuple[Rays, Float[Tensor, "height width 3"]]:
     """View `view`'s rays up to the source scene's surface, and its render (on the CPU)."""
-    rgb, depth = scene.render_surface(cameras, view)
+    surface = scene.render_surface(cameras, view)
     bundle = cameras.generate_rays(camera_indices=view, keep_shape=True)
-    return (bundle.origins.cpu(), bundle.directions.cpu(), depth.cpu().float()), rgb.cpu()
+    distances = tuple(value.cpu().float() for value in (surface.depth, surface.near, surface.far))
+    return (bundle.origins.cpu(), bundle.directions.cpu(), *distances), surface.rgb.cpu()
 
 
 def region_seen_along(grid: RegionGrid, grow: float) -> RayValue:
-    """A view's region from its rays: the grid at their surface points, grown in the image by `grow` of its width
+    """A view's region from its rays: the grid's largest value along the stretch of each that carries its render
+    (:func:`pds_nerfstudio.edit.edit_region.largest_along`), grown in the image by `grow` of its width
     (:func:`pds_nerfstudio.edit.edit_region.grow_in_view`)."""
 
-    def value(origins: Tensor, directions: Tensor, depth: Tensor) -> Tensor:
-        return grow_in_view(grid.lookup(surface_points(origins, directions, depth)), grow)
+    def value(origins: Tensor, directions: Tensor, near: Tensor, far: Tensor) -> Tensor:
+        return grow_in_view(largest_along(grid.lookup, origins, directions, near, far), grow)
 
     return value
 
@@ -183,7 +187,8 @@ def region_seen_along(grid: RegionGrid, grow: float) -> RayValue:
 def seen_region(grid: RegionGrid, rays: Sequence[Rays], renders: Sequence[Tensor], grow: float = 0.0) -> EditRegion:
     """Every view's region (:func:`region_seen_along`) and source render, quantised as the run's 8-bit PNGs hold
     them, so that a resumed run sees the same values."""
-    views = torch.stack([region_seen_along(grid, grow)(*ray) for ray in rays])
+    views = torch.stack([region_seen_along(grid, grow)(origins, directions, near, far)
+                         for origins, directions, _, near, far in rays])  # fmt: skip
     return EditRegion(RenderStore.quantise(views), RenderStore.quantise(torch.stack(list(renders))), grid)
 
 

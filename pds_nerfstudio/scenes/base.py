@@ -49,12 +49,25 @@ class SceneRender:
     losses: Dict[str, Float[Tensor, ""]] = field(default_factory=dict)
 
 
-SurfaceRender = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width"]]
-"""A still render's colour and each pixel's ray depth (distance along its unit ray)."""
+@dataclass
+class SurfaceRender:
+    """A still render's colour and where each pixel's ray meets what it renders (distances along its unit ray)."""
+
+    rgb: Float[Tensor, "height width 3"]
+    depth: Float[Tensor, "height width"]
+    """The surface the pixel sees: where the edit region back-projects the view's mask."""
+    near: Float[Tensor, "height width"]
+    far: Float[Tensor, "height width"]
+    """The stretch of the ray that carries most of its render (near = far = depth where the scene renders one surface
+    per ray): where the edit region is read, as its largest value there (:meth:`SceneAdapter.ray_stretch`)."""
 
 
-RayValue = Callable[[Float[Tensor, "*rays 3"], Float[Tensor, "*rays 3"], Float[Tensor, "*rays"]], Float[Tensor, "*rays"]]
-"""A value of every ray (origins, unit directions, distance to the surface it sees): an output the edit adds."""
+RayValue = Callable[
+    [Float[Tensor, "*rays 3"], Float[Tensor, "*rays 3"], Float[Tensor, "*rays"], Float[Tensor, "*rays"]],
+    Float[Tensor, "*rays"],
+]
+"""A value of every ray (origins, unit directions, and the stretch [near, far] of it that carries its render): an
+output the edit adds."""
 
 
 PointValue = Callable[[Float[Tensor, "n 3"]], Float[Tensor, "n"]]
@@ -118,18 +131,29 @@ class SceneAdapter(ABC):
         """The distance along each (unit) ray of `camera` (one camera) to the surface, from the model's `outputs`
         for it (each model has its own convention of depth)."""
 
+    def ray_stretch(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        """Where along each ray of `camera` (one camera) its render comes from, near and far (distances along the unit
+        ray), from the model's `outputs` for it. Default: the surface alone (:meth:`ray_depth` for both)."""
+        depth = self.ray_depth(camera, outputs)
+        return depth, depth
+
+    def surface_render(self, camera: Cameras, outputs: Dict[str, Tensor]) -> SurfaceRender:
+        """A :class:`SurfaceRender` of `camera` (one camera) from the model's still `outputs` for it."""
+        return SurfaceRender(outputs["rgb"], self.ray_depth(camera, outputs), *self.ray_stretch(camera, outputs))
+
     def show_output(self, name: str, value: Optional[RayValue]) -> None:
         """Adds output `name` to the model's renders (the viewer's output list, `ns-render`): `value` of each pixel's
-        ray up to the surface the model renders there; None removes it. The model must be an :class:`ExtraOutputs`."""
+        ray and the stretch of it that the model renders there; None removes it. The model must be an
+        :class:`ExtraOutputs`."""
         outputs = dict(getattr(self.model, "extra_outputs", {}))
         if value is None:
             outputs.pop(name, None)
         else:
 
             def output(camera: Cameras, rendered: Dict[str, Tensor]) -> Tensor:
-                depth = self.ray_depth(camera, rendered)
+                near, far = self.ray_stretch(camera, rendered)
                 rays = camera.generate_rays(camera_indices=0, keep_shape=True)
-                return value(rays.origins.to(depth), rays.directions.to(depth), depth)[..., None]
+                return value(rays.origins.to(near), rays.directions.to(near), near, far)[..., None]
 
             outputs[name] = output
         self.model.extra_outputs = outputs  # type: ignore[attr-defined]

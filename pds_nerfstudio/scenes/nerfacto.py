@@ -18,6 +18,7 @@ from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 from pds_nerfstudio.fast.fast_encoding import FastEncoding, accelerate_hash_encodings
 from pds_nerfstudio.scenes.base import PointValue, SceneAdapter, SceneConfig, SceneRender, SurfaceRender, freeze
 from pds_nerfstudio.scenes.nerfacto_hold import HOLD_PREFIX, keep_source, keeps_source
+from pds_nerfstudio.scenes.nerfacto_offline import DEPTH_FAR, DEPTH_NEAR
 from pds_nerfstudio.scenes.nerfacto_render import render_view
 
 APPEARANCE_KEY = "_model.field.embedding_appearance.embedding.weight"
@@ -57,13 +58,19 @@ class NerfactoScene(SceneAdapter):
 
     @torch.no_grad()
     def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
-        outputs = self._still_outputs(cameras, view)
-        return outputs["rgb"], self.ray_depth(cameras[view : view + 1], outputs)
+        return self.surface_render(cameras[view : view + 1], self._still_outputs(cameras, view))
 
     def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Float[Tensor, "height width"]:
         # nerfacto's "depth" is the median distance along the unit ray, where the ray's weight reaches one half
         # (nerfstudio 1.1.5 models/nerfacto.py: renderer_depth = DepthRenderer(method="median"))
         return outputs["depth"][..., 0]
+
+    def ray_stretch(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Tuple[Tensor, Tensor]:
+        # where the ray's accumulated weight reaches 0.2 and 0.8, around the median depth at 0.5: a NeRF's surface is
+        # a stretch of the ray, and its median can lie in a haze in front of a lit face (OfflineNerfactoModel)
+        if DEPTH_NEAR not in outputs:  # a training render, or another model's
+            return super().ray_stretch(camera, outputs)
+        return outputs[DEPTH_NEAR][..., 0], outputs[DEPTH_FAR][..., 0]
 
     def _still_outputs(self, cameras: Cameras, view: int) -> Dict[str, Tensor]:
         was_training = self.model.training

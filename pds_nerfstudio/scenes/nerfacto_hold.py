@@ -15,7 +15,7 @@ render what the edit trained. The proposal networks stay the edited model's: the
 from __future__ import annotations
 
 import copy
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -40,10 +40,15 @@ class HoldableNerfactoField(NerfactoField):
     forward hook would not see, so the hold is a subclass's forward."""
 
     hold: Optional[Callable[[RaySamples, FieldOutputs], FieldOutputs]] = None
+    rendered: Optional[List[Tuple[RaySamples, Tensor]]] = None
+    """Where set (a list), each call appends its samples and the densities it returns (held, as rendered)."""
 
     def forward(self, ray_samples: RaySamples, compute_normals: bool = False) -> FieldOutputs:
         outputs = super().forward(ray_samples, compute_normals=compute_normals)
-        return outputs if self.hold is None else self.hold(ray_samples, outputs)
+        outputs = outputs if self.hold is None else self.hold(ray_samples, outputs)
+        if self.rendered is not None:
+            self.rendered.append((ray_samples, outputs[FieldHeadNames.DENSITY]))
+        return outputs
 
 
 class SourceHold(nn.Module):

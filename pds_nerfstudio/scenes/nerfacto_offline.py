@@ -1,5 +1,6 @@
-"""Nerfacto that starts offline: its LPIPS metric is built on first use, not at start-up; and whose field can hold
-an edit's source scene outside its region (:mod:`pds_nerfstudio.scenes.nerfacto_hold`).
+"""Nerfacto that starts offline: its LPIPS metric is built on first use, not at start-up; whose field can hold an
+edit's source scene outside its region (:mod:`pds_nerfstudio.scenes.nerfacto_hold`); and whose still renders say which
+stretch of each ray they come from (`depth_near`, `depth_far`), where the edit region is read.
 
 nerfstudio 1.1.5's ``NerfactoModel.populate_modules`` builds torchmetrics' LPIPS, which
 downloads AlexNet weights, so stock nerfacto cannot even start on a machine without internet.
@@ -12,12 +13,14 @@ import contextlib
 import warnings
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import ContextManager, Iterator, Type
+from typing import ContextManager, Dict, Iterator, Type
 
 import torch
-from torch import nn
+from jaxtyping import Float
+from torch import Tensor, nn
 
 import nerfstudio.models.nerfacto as nerfacto_module
+from nerfstudio.cameras.rays import RayBundle, RaySamples
 from nerfstudio.models.nerfacto import NerfactoModel, NerfactoModelConfig
 
 from pds_nerfstudio.scenes.base import ExtraOutputs
@@ -76,6 +79,25 @@ def holdable_field() -> ContextManager[None]:
     return swapped(nerfacto_module, "NerfactoField", HoldableNerfactoField)
 
 
+DEPTH_NEAR, DEPTH_FAR = "depth_near", "depth_far"
+STRETCH_WEIGHTS = (0.2, 0.8)
+"""The accumulated weights at which a still render's stretch of each ray starts and ends (nerfacto's depth is the
+median, at 0.5). Measured on the white cube's 2,000-iteration reconstructions (seeds 0 and 1) and the red sphere's
+(2026-12-07): the fused region read as its largest value along the stretch holds 94%, 93% and 99.7% of the object's
+pixels in every training view (worst views 89%, 89%, 98%), read at the median depth 82%, 89%, 98.5% (worst 45%, 69%,
+97%); of the other pixels it holds 3.5%, 3.5%, 1.0% against 2.5%, 2.4%, 0.5%. 0.1 and 0.9: 94%, 92%, 99.8%."""
+
+
+def depth_at_weight(weights: Float[Tensor, "*batch samples 1"], ray_samples: RaySamples,
+                    split: float) -> Float[Tensor, "*batch 1"]:  # fmt: skip
+    """The distance along each ray where its accumulated weight reaches `split` (the last sample's where it never does).
+    nerfstudio 1.1.5's median depth (`model_components/renderers.py:DepthRenderer`) at `split` instead of 0.5."""
+    steps = (ray_samples.frustums.starts + ray_samples.frustums.ends) / 2
+    cumulative = torch.cumsum(weights[..., 0], dim=-1)
+    index = torch.searchsorted(cumulative, torch.full((*weights.shape[:-2], 1), split, device=weights.device))
+    return torch.gather(steps[..., 0], -1, index.clamp(0, steps.shape[-2] - 1))
+
+
 @dataclass
 class OfflineNerfactoModelConfig(NerfactoModelConfig):
     """Nerfacto, unchanged but for an LPIPS metric that never downloads at start-up."""
@@ -92,3 +114,18 @@ class OfflineNerfactoModel(ExtraOutputs, NerfactoModel):
     def populate_modules(self) -> None:
         with lpips_deferred(), holdable_field():
             super().populate_modules()
+
+    def get_outputs(self, ray_bundle: RayBundle) -> Dict[str, Tensor]:
+        """nerfacto's outputs; a still render's (evaluation mode) also `depth_near` and `depth_far`: where each ray's
+        accumulated weight reaches :data:`STRETCH_WEIGHTS` (training renders are left as nerfacto's)."""
+        if self.training:
+            return super().get_outputs(ray_bundle)
+        self.field.rendered = []
+        try:
+            outputs = super().get_outputs(ray_bundle)
+            ray_samples, density = self.field.rendered[-1]
+        finally:
+            self.field.rendered = None
+        weights = ray_samples.get_weights(density)
+        outputs[DEPTH_NEAR], outputs[DEPTH_FAR] = (depth_at_weight(weights, ray_samples, w) for w in STRETCH_WEIGHTS)
+        return outputs

@@ -118,8 +118,7 @@ class SplatfactoScene(SceneAdapter):
 
     @torch.no_grad()
     def render_surface(self, cameras: Cameras, view: int) -> SurfaceRender:
-        outputs = self._still_outputs(cameras, view)
-        return outputs["rgb"], self.ray_depth(cameras[view : view + 1], outputs)
+        return self.surface_render(cameras[view : view + 1], self._still_outputs(cameras, view))
 
     def ray_depth(self, camera: Cameras, outputs: Dict[str, Tensor]) -> Float[Tensor, "height width"]:
         # splatfacto's depth is gsplat's expected depth ("ED"): camera-space z, not the distance along the ray
