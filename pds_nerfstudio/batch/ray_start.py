@@ -18,11 +18,11 @@ from __future__ import annotations
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator, List, Set
+from typing import Callable, Iterator, List, Optional, Set
 
 import psutil
 
-from pds_nerfstudio.batch.stopping import stop_processes
+from pds_nerfstudio.batch.stopping import alive, descendants
 
 RAY_OWN_WAIT_S = 30.0
 """ray 2.60's own limit on the raylet's registration (see the module's docstring)."""
@@ -31,33 +31,20 @@ REGISTRATION_BOUND_S = 600.0
 POLL_S = 0.5
 
 
-def descendants() -> List[psutil.Process]:
-    """This process's live descendants."""
-    try:
-        return psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return []
-
-
 def started_since(before: Set[int]) -> List[psutil.Process]:
     """Descendants that were not among the pids `before`."""
     return [process for process in descendants() if process.pid not in before]
 
 
-def _named(processes: List[psutil.Process], name: str) -> bool:
-    for process in processes:
-        try:
-            if process.name() == name and process.status() != psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.Error:
-            continue
-    return False
-
-
 def raylet_and_gcs_alive(before: Set[int]) -> bool:
     """Whether a raylet and a GCS server started since `before` are both running."""
-    started = started_since(before)
-    return _named(started, "raylet") and _named(started, "gcs_server")
+    names = set()
+    for process in alive(started_since(before)):
+        try:
+            names.add(process.name())
+        except psutil.Error:
+            continue
+    return {"raylet", "gcs_server"} <= names
 
 
 @contextmanager
@@ -69,16 +56,17 @@ def waiting_for_registration(
     import ray._private.services as services
 
     ray_get_node = services.get_node
-    first_poll: List[float] = []
+    first_poll: Optional[float] = None  # Ray's own wait starts with its first poll
 
     def get_node_once_registered(gcs_address, node_id):
-        first_poll[:] = first_poll or [time.monotonic()]
+        nonlocal first_poll
+        first_poll = first_poll or time.monotonic()
         said_so = False
         while True:
             try:
                 return ray_get_node(gcs_address, node_id)
             except RuntimeError:  # ray 2.60: "Failed to get node info ..." until the raylet registered
-                waited = time.monotonic() - first_poll[0]
+                waited = time.monotonic() - first_poll
                 if waited > REGISTRATION_BOUND_S or not keep_waiting():
                     raise
                 if waited > RAY_OWN_WAIT_S and not said_so:
@@ -92,8 +80,3 @@ def waiting_for_registration(
         yield
     finally:
         services.get_node = ray_get_node
-
-
-def stop_started_since(before: Set[int], grace_s: float = 5.0) -> None:
-    """Stops what a failed start left running (Ray leaves its processes when its start raises)."""
-    stop_processes(started_since(before), grace_s)

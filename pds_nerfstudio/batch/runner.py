@@ -25,8 +25,8 @@ from typing import Any, Dict, Iterable, List, Optional
 import psutil
 
 from pds_nerfstudio.batch.plan import Job, finished_run, resume_from
-from pds_nerfstudio.batch.ray_start import descendants, raylet_and_gcs_alive, stop_started_since, waiting_for_registration
-from pds_nerfstudio.batch.stopping import kill_processes, process_group, run_bounded, stop_processes
+from pds_nerfstudio.batch.ray_start import raylet_and_gcs_alive, started_since, waiting_for_registration
+from pds_nerfstudio.batch.stopping import descendants, kill_processes, process_group, run_bounded, stop_processes
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -120,7 +120,7 @@ def kill_local_ray(edit_groups: Iterable[int]) -> None:
         except OSError:
             return False
 
-    kill_processes(p for p in psutil.Process().children(recursive=True) if not in_an_edit(p))
+    kill_processes(p for p in descendants() if not in_an_edit(p))
 
 
 def stop_ray(ray, pending: Iterable[Any], timeout_s: float = 10.0) -> bool:
@@ -180,7 +180,7 @@ def start_ray(options: BatchOptions):
             return ray
         except Exception as error:  # noqa: BLE001 - "The current node timed out during startup" is a plain Exception
             ray.shutdown()
-            stop_started_since(before)
+            stop_processes(started_since(before), grace_s=5.0)  # Ray leaves a failed start's processes running
             if attempt == RAY_START_ATTEMPTS:
                 raise RayStartError(f"a local Ray did not start ({error}); if the machine is busy, run pds-batch "
                                     "again when it is not, or start Ray yourself and pass --address") from None  # fmt: skip

@@ -99,12 +99,17 @@ def process_group(pgid: int) -> List[psutil.Process]:
     return alive(members)
 
 
+def descendants() -> List[psutil.Process]:
+    """Every process this one started, directly or not (with the subreaper, orphans included)."""
+    try:
+        return psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+
+
 def stop_descendants(grace_s: float) -> None:
     """Stops every process this one started, directly or not (with the subreaper, orphans included)."""
-    try:
-        stop_processes(psutil.Process().children(recursive=True), grace_s)
-    except psutil.Error:
-        pass
+    stop_processes(descendants(), grace_s)
 
 
 def run_bounded(work: Callable[[], object], timeout_s: float) -> bool:

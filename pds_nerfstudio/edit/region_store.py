@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -147,7 +147,7 @@ def estimate_region(
             ray, render = surface_rays(scene, cameras, view)
             rays.append(ray)
             renders.append(render)
-    points = torch.stack([surface_points(*ray[:3]) for ray in rays])
+    points = torch.stack([surface_points(ray.origins, ray.directions, ray.depth) for ray in rays])
     grid = fuse(points, torch.stack(masks), resolution=resolution, dilation=dilation)
     return seen_region(grid, rays, renders, grow)
 
@@ -159,18 +159,23 @@ def region_in_views(scene: SceneAdapter, cameras: Cameras, num_views: int, grid:
     return seen_region(grid, list(rays), list(renders), grow)
 
 
-Rays = Tuple[Float[Tensor, "height width 3"], Float[Tensor, "height width 3"], Float[Tensor, "height width"],
-             Float[Tensor, "height width"], Float[Tensor, "height width"]]  # fmt: skip
-"""A view's ray origins, unit directions, the distance along each ray to the surface it sees, and the stretch of
-it that carries its render (near, far; :class:`pds_nerfstudio.scenes.base.SurfaceRender`)."""
+class Rays(NamedTuple):
+    """A view's rays: origins, unit directions, the distance along each to the surface it sees, and the stretch of
+    it that carries its render (:class:`pds_nerfstudio.scenes.base.SurfaceRender`)."""
+
+    origins: Float[Tensor, "height width 3"]
+    directions: Float[Tensor, "height width 3"]
+    depth: Float[Tensor, "height width"]
+    near: Float[Tensor, "height width"]
+    far: Float[Tensor, "height width"]
 
 
 def surface_rays(scene: SceneAdapter, cameras: Cameras, view: int) -> Tuple[Rays, Float[Tensor, "height width 3"]]:
     """View `view`'s rays up to the source scene's surface, and its render (on the CPU)."""
     surface = scene.render_surface(cameras, view)
     bundle = cameras.generate_rays(camera_indices=view, keep_shape=True)
-    distances = tuple(value.cpu().float() for value in (surface.depth, surface.near, surface.far))
-    return (bundle.origins.cpu(), bundle.directions.cpu(), *distances), surface.rgb.cpu()
+    distances = (value.cpu().float() for value in (surface.depth, surface.near, surface.far))
+    return Rays(bundle.origins.cpu(), bundle.directions.cpu(), *distances), surface.rgb.cpu()
 
 
 def region_seen_along(grid: RegionGrid, grow: float) -> RayValue:
@@ -187,8 +192,8 @@ def region_seen_along(grid: RegionGrid, grow: float) -> RayValue:
 def seen_region(grid: RegionGrid, rays: Sequence[Rays], renders: Sequence[Tensor], grow: float = 0.0) -> EditRegion:
     """Every view's region (:func:`region_seen_along`) and source render, quantised as the run's 8-bit PNGs hold
     them, so that a resumed run sees the same values."""
-    views = torch.stack([region_seen_along(grid, grow)(origins, directions, near, far)
-                         for origins, directions, _, near, far in rays])  # fmt: skip
+    seen = region_seen_along(grid, grow)
+    views = torch.stack([seen(ray.origins, ray.directions, ray.near, ray.far) for ray in rays])
     return EditRegion(RenderStore.quantise(views), RenderStore.quantise(torch.stack(list(renders))), grid)
 
 
