@@ -17,7 +17,7 @@ error is not counted against the edit:
   the far samples, against the true depth), so the ground's depth would measure noise, not the edit;
 - background PSNR: over pixels outside the object mask;
 - silhouette IoU: a pixel belongs to the object's silhouette when its depth is in front of the background (the
-  ground, or the far side of the sphere around the objects) by more than 2% of the extent. The reference is the
+  ground, or the far side of the sphere around the objects) by more than 10% of the extent. The reference is the
   same rule applied to the ground-truth depth.
 """
 
@@ -32,8 +32,14 @@ from jaxtyping import Bool, Float
 
 from pds_nerfstudio.synthetic.procedural_scene import PALETTE
 
-SILHOUETTE_MARGIN = 0.02
-"""Fraction of the scene extent by which a surface must be in front of the background to count as object."""
+SILHOUETTE_MARGIN = 0.1
+"""Fraction of the scene extent by which a surface must be in front of the background to count as object. Not less:
+a reconstruction's depth next to an object is a blend of the object and the ground (splatfacto's expected depth of
+its semi-transparent Gaussians, nerfacto's median depth through its haze), which lies 2-11% of the extent in front of
+the ground around the object's base; at 0.02 that skirt counted as object, and the source reconstructions' own
+silhouettes met the true ones at IoU 0.51 (splats) and 0.85 (NeRF), which no edit could exceed (measured 2026-12-07,
+docs/fidelity.md). At 0.1 they meet them at 0.94 and 0.96, and the true silhouettes keep 99.6% of a sphere's mask
+pixels and 90% of a cube's (the sliver where its sides meet the ground)."""
 DEPTH_OUTLIER = 0.05
 """A pixel whose depth moved by more than this fraction of the scene extent counts as a depth outlier."""
 MIN_OBJECT_PIXELS = 12

@@ -275,9 +275,10 @@ def measure_chain(root: Path, reuse: bool = True) -> dict:
     return result
 
 
-MEASURE_VERSION = 2
-"""Raised whenever a measure changes (2: colours read in CIELAB, held-out views the source reads right); a chain's
-earlier measures are reused only when written by the same version."""
+MEASURE_VERSION = 3
+"""Raised whenever a measure changes (2: colours read in CIELAB, held-out views the source reads right; 3: silhouettes
+at 10% of the extent in front of the background, not 2%); a chain's earlier measures are reused only when written by
+the same version."""
 
 
 def earlier_measures(root: Path) -> tuple[dict | None, dict[str, np.ndarray]]:
