@@ -4,9 +4,11 @@ handler can run, SIGTERM is a stop like SIGINT, and every process it started is 
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import textwrap
+from pathlib import Path
 from typing import Callable
 
 import psutil
@@ -121,6 +123,7 @@ def test_a_local_ray_that_fails_to_start_is_started_once_more_then_refused_in_on
 
     fake = types.SimpleNamespace(init=init, shutdown=lambda: calls.append("shutdown"))
     monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(runner, "agent_ports_known_in_advance", contextlib.nullcontext)
     monkeypatch.setattr(runner, "waiting_for_registration", lambda keep_waiting: contextlib.nullcontext())
     failures = RAY_START_ATTEMPTS  # the first start misses, the second starts
     assert start_ray(BatchOptions(local_cpus=1)) is fake and calls == ["init", "shutdown", "init"]
@@ -172,8 +175,8 @@ def test_ray_still_polls_the_new_node_where_the_registration_wait_hooks_in() -> 
     assert "raylet_start_wait_time_s = 30" in source and "ray._private.services.get_node(" in source
 
 
-# Starts a local Ray as pds-batch does; the test freezes the raylet's dashboard agent, which the raylet waits for
-# before it registers, past Ray's own 30 s.
+# Starts a local Ray as pds-batch does; the test freezes the raylet (as a machine short of memory swaps it out)
+# until Ray's own 30 s for its registration have passed.
 RAY_START_PROGRAM = textwrap.dedent("""
     from pds_nerfstudio.batch.runner import BatchOptions, start_ray
 
@@ -183,10 +186,10 @@ RAY_START_PROGRAM = textwrap.dedent("""
 """)
 
 
-def _dashboard_agent(pid: int) -> psutil.Process | None:
+def _raylet(pid: int) -> psutil.Process | None:
     for process in psutil.Process(pid).children(recursive=True):
         try:
-            if "dashboard/agent.py" in " ".join(process.cmdline()) or process.name() == "ray::DashboardAgent":
+            if process.name() == "raylet":
                 return process
         except psutil.Error:
             continue
@@ -198,13 +201,71 @@ def test_a_raylet_that_registers_after_rays_own_30_s_still_starts_the_batch(
 ) -> None:
     with waiting.running([sys.executable, "-c", RAY_START_PROGRAM], merge_output=True) as process:
         output = waiting.Output(process)
-        agent = waiting.wait_for(lambda: _dashboard_agent(process.pid), process, "the raylet's dashboard agent", output)
-        agent.suspend()
+        raylet = waiting.wait_for(lambda: _raylet(process.pid), process, "the raylet", output)
+        raylet.suspend()
         try:
             output.until("has not registered after 30 s", "Ray's own registration limit passing")
         finally:
-            agent.resume()
-        output.until("ray started", "Ray's start once the agent runs again")
+            raylet.resume()
+        output.until("ray started", "Ray's start once the raylet runs again")
         assert waiting.wait_exit(process, "the start program") == 0
     assert "timed out during startup" not in output.all()
     assert not left_behind(), described(left_behind())
+
+
+# Holds Ray's two Python agents (dashboard and runtime-env) at their first line, as a machine busy with other work
+# does, until the test releases them: ray 2.60's raylet gives them 15 s to write their ports, then aborts.
+HOLD_RAYS_AGENTS = textwrap.dedent("""
+    import os, sys, time
+
+    if any(arg.endswith(("dashboard/agent.py", "runtime_env/agent/main.py")) for arg in sys.argv):
+        while not os.path.exists(os.environ["RELEASE_RAYS_AGENTS"]):
+            time.sleep(0.1)
+""")
+RAY_START_TASK_PROGRAM = textwrap.dedent("""
+    import os, socket, time
+    from pds_nerfstudio.batch.runner import BatchOptions, start_ray
+
+    ray = start_ray(BatchOptions(local_cpus=1))
+    print("ray started", flush=True)
+    print("a task returned", ray.get(ray.remote(lambda: 42).remote()), flush=True)
+    while not os.path.exists(os.environ["RELEASE_RAYS_AGENTS"]):
+        time.sleep(0.1)
+    node = ray._private.worker._global_node
+    while socket.socket().connect_ex((node.node_ip_address, node.runtime_env_agent_port)) != 0:
+        time.sleep(0.1)  # the runtime-env agent, released, listens where it was told
+    print("the agents run; a task returned", ray.get(ray.remote(lambda: 43).remote()), flush=True)
+    ray.shutdown()
+""")
+
+
+def test_rays_agents_that_the_machine_has_not_got_to_yet_do_not_stop_the_start(
+    tmp_path: Path, left_behind: Callable[[], list[psutil.Process]]
+) -> None:
+    """The agents are held past the raylet's 15 s for their ports (fails so without `agent_ports_known_in_advance`:
+    "Timed out waiting for file .../metrics_agent_port_..."): the batch's Ray starts and runs a task while they
+    are held, and again once they run."""
+    (tmp_path / "sitecustomize.py").write_text(HOLD_RAYS_AGENTS)
+    release = tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+           "RELEASE_RAYS_AGENTS": str(release)}  # fmt: skip
+    with waiting.running([sys.executable, "-c", RAY_START_TASK_PROGRAM], env=env, merge_output=True) as process:
+        output = waiting.Output(process)
+        output.until("a task returned 42", "a task while the agents are held")
+        assert _held_agents(process.pid) == 2, output.all()  # both still held: nothing waited for them
+        release.touch()
+        output.until("the agents run; a task returned 43", "a task once the agents run")
+        assert waiting.wait_exit(process, "the start program") == 0
+    assert "timed out during startup" not in output.all() and "has not registered" not in output.all()
+    assert not left_behind(), described(left_behind())
+
+
+def _held_agents(pid: int) -> int:
+    count = 0
+    for process in psutil.Process(pid).children(recursive=True):
+        try:
+            command = process.cmdline()
+        except psutil.Error:
+            continue
+        count += process.name() != "raylet" and any(arg.endswith(("dashboard/agent.py", "runtime_env/agent/main.py")) for arg in command)
+    return count
