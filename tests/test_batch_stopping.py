@@ -175,25 +175,25 @@ def test_ray_still_polls_the_new_node_where_the_registration_wait_hooks_in() -> 
     assert "raylet_start_wait_time_s = 30" in source and "ray._private.services.get_node(" in source
 
 
-# Starts a local Ray as pds-batch does; the test freezes the raylet (as a machine short of memory swaps it out)
-# until Ray's own 30 s for its registration have passed.
+# Starts a local Ray as pds-batch does, with its raylet stopped (SIGSTOP) as soon as it is started, before it can
+# register (as a machine short of memory swaps it out); the test lets it run once Ray's own 30 s have passed.
 RAY_START_PROGRAM = textwrap.dedent("""
+    import functools, os, signal
+    import ray._private.services as services
     from pds_nerfstudio.batch.runner import BatchOptions, start_ray
 
+    @functools.wraps(services.start_raylet)
+    def start_raylet_stopped(*args, **kwargs):
+        process_info = start_raylet(*args, **kwargs)
+        os.kill(process_info.process.pid, signal.SIGSTOP)
+        print("raylet stopped", process_info.process.pid, flush=True)
+        return process_info
+
+    start_raylet, services.start_raylet = services.start_raylet, start_raylet_stopped
     ray = start_ray(BatchOptions(local_cpus=1))
     print("ray started", flush=True)
     ray.shutdown()
 """)
-
-
-def _raylet(pid: int) -> psutil.Process | None:
-    for process in psutil.Process(pid).children(recursive=True):
-        try:
-            if process.name() == "raylet":
-                return process
-        except psutil.Error:
-            continue
-    return None
 
 
 def test_a_raylet_that_registers_after_rays_own_30_s_still_starts_the_batch(
@@ -201,8 +201,8 @@ def test_a_raylet_that_registers_after_rays_own_30_s_still_starts_the_batch(
 ) -> None:
     with waiting.running([sys.executable, "-c", RAY_START_PROGRAM], merge_output=True) as process:
         output = waiting.Output(process)
-        raylet = waiting.wait_for(lambda: _raylet(process.pid), process, "the raylet", output)
-        raylet.suspend()
+        started = output.until("raylet stopped", "the raylet's start")
+        raylet = psutil.Process(int(started.split("raylet stopped")[1].split()[0]))
         try:
             output.until("has not registered after 30 s", "Ray's own registration limit passing")
         finally:
