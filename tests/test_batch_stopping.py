@@ -123,8 +123,7 @@ def test_a_local_ray_that_fails_to_start_is_started_once_more_then_refused_in_on
 
     fake = types.SimpleNamespace(init=init, shutdown=lambda: calls.append("shutdown"))
     monkeypatch.setitem(sys.modules, "ray", fake)
-    monkeypatch.setattr(runner, "agent_ports_known_in_advance", contextlib.nullcontext)
-    monkeypatch.setattr(runner, "waiting_for_registration", lambda keep_waiting: contextlib.nullcontext())
+    monkeypatch.setattr(runner, "starting_on_a_busy_machine", lambda keep_waiting: contextlib.nullcontext())
     failures = RAY_START_ATTEMPTS  # the first start misses, the second starts
     assert start_ray(BatchOptions(local_cpus=1)) is fake and calls == ["init", "shutdown", "init"]
     calls.clear()
@@ -215,10 +214,11 @@ def test_a_raylet_that_registers_after_rays_own_30_s_still_starts_the_batch(
 
 # Holds Ray's two Python agents (dashboard and runtime-env) at their first line, as a machine busy with other work
 # does, until the test releases them: ray 2.60's raylet gives them 15 s to write their ports, then aborts.
-HOLD_RAYS_AGENTS = textwrap.dedent("""
+RAYS_AGENT_SCRIPTS = ("dashboard/agent.py", "runtime_env/agent/main.py")
+HOLD_RAYS_AGENTS = textwrap.dedent(f"""
     import os, sys, time
 
-    if any(arg.endswith(("dashboard/agent.py", "runtime_env/agent/main.py")) for arg in sys.argv):
+    if any(arg.endswith({RAYS_AGENT_SCRIPTS!r}) for arg in sys.argv):
         while not os.path.exists(os.environ["RELEASE_RAYS_AGENTS"]):
             time.sleep(0.1)
 """)
@@ -232,8 +232,11 @@ RAY_START_TASK_PROGRAM = textwrap.dedent("""
     while not os.path.exists(os.environ["RELEASE_RAYS_AGENTS"]):
         time.sleep(0.1)
     node = ray._private.worker._global_node
-    while socket.socket().connect_ex((node.node_ip_address, node.runtime_env_agent_port)) != 0:
-        time.sleep(0.1)  # the runtime-env agent, released, listens where it was told
+    while True:  # the runtime-env agent, released, listens where it was told
+        with socket.socket() as probe:
+            if probe.connect_ex((node.node_ip_address, node.runtime_env_agent_port)) == 0:
+                break
+        time.sleep(0.1)
     print("the agents run; a task returned", ray.get(ray.remote(lambda: 43).remote()), flush=True)
     ray.shutdown()
 """)
@@ -267,5 +270,5 @@ def _held_agents(pid: int) -> int:
             command = process.cmdline()
         except psutil.Error:
             continue
-        count += process.name() != "raylet" and any(arg.endswith(("dashboard/agent.py", "runtime_env/agent/main.py")) for arg in command)
+        count += process.name() != "raylet" and any(arg.endswith(RAYS_AGENT_SCRIPTS) for arg in command)
     return count

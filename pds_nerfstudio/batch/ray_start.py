@@ -132,3 +132,11 @@ def waiting_for_registration(
         yield
     finally:
         services.get_node = ray_get_node
+
+
+@contextmanager
+def starting_on_a_busy_machine(keep_waiting: Callable[[], bool]) -> Iterator[None]:
+    """Both replacements for one `ray.init`: the raylet waits for neither agent, and its registration is awaited
+    while `keep_waiting()`."""
+    with agent_ports_known_in_advance(), waiting_for_registration(keep_waiting):
+        yield

@@ -25,12 +25,7 @@ from typing import Any, Dict, Iterable, List, Optional
 import psutil
 
 from pds_nerfstudio.batch.plan import Job, finished_run, resume_from
-from pds_nerfstudio.batch.ray_start import (
-    agent_ports_known_in_advance,
-    raylet_and_gcs_alive,
-    started_since,
-    waiting_for_registration,
-)
+from pds_nerfstudio.batch.ray_start import raylet_and_gcs_alive, started_since, starting_on_a_busy_machine
 from pds_nerfstudio.batch.stopping import descendants, kill_processes, process_group, run_bounded, stop_processes
 
 
@@ -179,7 +174,7 @@ def start_ray(options: BatchOptions):
         try:
             # Ray starts its workers at niceness 15, and an edit's ns-train with them: it then yields to anything
             # else the machine runs (measured: 6% of a core each, beside two busy processes). Here the edits are the work.
-            with agent_ports_known_in_advance(), waiting_for_registration(lambda: raylet_and_gcs_alive(before)):
+            with starting_on_a_busy_machine(lambda: raylet_and_gcs_alive(before)):
                 ray.init(num_cpus=options.local_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False,
                          _system_config={"worker_niceness": 0})  # fmt: skip
             return ray
